@@ -1,0 +1,306 @@
+"""Current state as a pure fold of the event log.
+
+`replay(events)` is the only way a `RunState` comes to be: the runner folds the log it
+reads at start-up, and folds every event it appends afterwards with the same code, so
+"resume after a crash" and "compute current state" are one operation.
+
+The fold is strict. It accepts exactly the logs a correct runner can write and raises
+`CorruptLogError` for anything else: a gap or a duplicate in the sequence, a log that does
+not begin with `RunStarted`, an event after the run ended, a step outcome without a
+matching start, an attempt number out of order, or an object that is not an event.
+
+The fold is resumable: `replay(tail, replay(head)) == replay(head + tail)`. `replay` never
+mutates the state it is given (it folds into a copy), which is what makes a state safe to
+keep as a snapshot. Inside the runner, which owns its state, `fold_into` applies new
+events in place to avoid the copy.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aruntime.errors import CorruptLogError
+from aruntime.events import (
+    Event,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+)
+
+__all__ = ["RunState", "RunStatus", "StepState", "StepStatus", "fold_into", "replay"]
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands according to its log."""
+
+    PENDING = "pending"
+    """No event yet: the run does not exist."""
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True when the run can never change again."""
+        return self is RunStatus.COMPLETED or self is RunStatus.FAILED
+
+
+class StepStatus(enum.StrEnum):
+    """Where one step stands according to its log."""
+
+    RUNNING = "running"
+    """An attempt started and has no outcome yet (in flight, or lost to a crash)."""
+    RETRYING = "retrying"
+    """The last attempt failed and the next one is due at `retry_at`."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    """The step failed for good."""
+
+
+@dataclass(slots=True)
+class StepState:
+    """The fold of every event about the step at one position."""
+
+    position: int
+    step: str
+    status: StepStatus
+    attempts: int
+    """How many attempts have started, counted from the log."""
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retry_at: float | None = None
+    started_at: float = 0.0
+    """When the first attempt started."""
+    finished_at: float | None = None
+
+    def copy(self) -> StepState:
+        return StepState(
+            self.position,
+            self.step,
+            self.status,
+            self.attempts,
+            self.result,
+            self.error_type,
+            self.error_message,
+            self.retry_at,
+            self.started_at,
+            self.finished_at,
+        )
+
+
+@dataclass(slots=True)
+class RunState:
+    """The fold of a run's log: everything the runner decides from."""
+
+    run_id: str | None = None
+    workflow: str | None = None
+    args: str | None = None
+    status: RunStatus = RunStatus.PENDING
+    version: int = 0
+    """The sequence of the last event folded; equals the length of the log."""
+    steps: dict[int, StepState] = field(default_factory=dict)
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+
+    def copy(self) -> RunState:
+        """An independent copy; folding into it leaves this state unchanged."""
+        return RunState(
+            self.run_id,
+            self.workflow,
+            self.args,
+            self.status,
+            self.version,
+            {pos: s.copy() for pos, s in self.steps.items()},
+            self.result,
+            self.error_type,
+            self.error_message,
+            self.started_at,
+            self.updated_at,
+            self.finished_at,
+        )
+
+
+def replay(events: Iterable[Event], state: RunState | None = None) -> RunState:
+    """Fold `events` into a new state, starting from `state` (which is left untouched).
+
+    Raises:
+        CorruptLogError: the events are not a log a correct runner can write.
+    """
+    new = RunState() if state is None else state.copy()
+    fold_into(new, events)
+    return new
+
+
+def fold_into(state: RunState, events: Iterable[Event]) -> None:
+    """Apply `events` to `state` in place; for the owner of a state only.
+
+    On `CorruptLogError` the state may hold the events before the bad one.
+    """
+    apply = _APPLY
+    for event in events:
+        handler = apply.get(type(event))
+        if handler is None:
+            raise CorruptLogError(
+                state.run_id, getattr(event, "sequence", None), f"not an event: {event!r:.120}"
+            )
+        if event.sequence != state.version + 1:
+            kind = "duplicate" if event.sequence <= state.version else "gap"
+            raise CorruptLogError(
+                state.run_id,
+                event.sequence,
+                f"{kind}: expected sequence {state.version + 1}, "
+                f"found {type(event).__name__} at {event.sequence}",
+            )
+        if state.status.terminal:
+            raise CorruptLogError(
+                state.run_id,
+                event.sequence,
+                f"{type(event).__name__} after the run ended {state.status.value}",
+            )
+        handler(state, event)
+        state.version = event.sequence
+        state.updated_at = event.at
+
+
+def _run_started(state: RunState, event: RunStarted) -> None:
+    if state.version != 0:
+        raise CorruptLogError(state.run_id, event.sequence, "RunStarted after the first event")
+    state.run_id = event.run_id
+    state.workflow = event.workflow
+    state.args = event.args
+    state.status = RunStatus.RUNNING
+    state.started_at = event.at
+
+
+def _require_started(state: RunState, event: Event) -> None:
+    if state.version == 0:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"the log begins with {type(event).__name__}"
+        )
+
+
+def _step_started(state: RunState, event: StepStarted) -> None:
+    _require_started(state, event)
+    if event.position < 1:
+        raise CorruptLogError(state.run_id, event.sequence, f"step position {event.position} < 1")
+    current = state.steps.get(event.position)
+    if current is None:
+        if event.attempt != 1:
+            raise CorruptLogError(
+                state.run_id,
+                event.sequence,
+                f"step {event.step!r} at position {event.position} starts at attempt "
+                f"{event.attempt}, not 1",
+            )
+        state.steps[event.position] = StepState(
+            event.position, event.step, StepStatus.RUNNING, 1, started_at=event.at
+        )
+        return
+    _check_same_step(state, current, event)
+    if current.status is StepStatus.COMPLETED or current.status is StepStatus.FAILED:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"step {event.step!r} at position {event.position} restarted after it "
+            f"{current.status.value}",
+        )
+    if event.attempt != current.attempts + 1:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"step {event.step!r} at position {event.position}: attempt {event.attempt} "
+            f"follows attempt {current.attempts}",
+        )
+    # A start while the previous attempt is still RUNNING is legal: that attempt was lost
+    # to a crash and counts against the step's attempts.
+    current.status = StepStatus.RUNNING
+    current.attempts = event.attempt
+    current.retry_at = None
+
+
+def _running_step(state: RunState, event: StepCompleted | StepFailed) -> StepState:
+    _require_started(state, event)
+    current = state.steps.get(event.position)
+    if current is None:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"{type(event).__name__} for position {event.position}, which never started",
+        )
+    _check_same_step(state, current, event)
+    if current.status is not StepStatus.RUNNING or event.attempt != current.attempts:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"{type(event).__name__} for attempt {event.attempt} of step {event.step!r} "
+            f"at position {event.position}, whose attempt {current.attempts} is "
+            f"{current.status.value}",
+        )
+    return current
+
+
+def _check_same_step(
+    state: RunState, current: StepState, event: StepStarted | StepCompleted | StepFailed
+) -> None:
+    if current.step != event.step:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"position {event.position} holds step {current.step!r}, not {event.step!r}",
+        )
+
+
+def _step_completed(state: RunState, event: StepCompleted) -> None:
+    current = _running_step(state, event)
+    current.status = StepStatus.COMPLETED
+    current.result = event.result
+    current.error_type = current.error_message = None
+    current.finished_at = event.at
+
+
+def _step_failed(state: RunState, event: StepFailed) -> None:
+    current = _running_step(state, event)
+    current.error_type = event.error_type
+    current.error_message = event.error_message
+    current.retry_at = event.retry_at
+    if event.retry_at is None:
+        current.status = StepStatus.FAILED
+        current.finished_at = event.at
+    else:
+        current.status = StepStatus.RETRYING
+
+
+def _run_completed(state: RunState, event: RunCompleted) -> None:
+    _require_started(state, event)
+    state.status = RunStatus.COMPLETED
+    state.result = event.result
+    state.finished_at = event.at
+
+
+def _run_failed(state: RunState, event: RunFailed) -> None:
+    _require_started(state, event)
+    state.status = RunStatus.FAILED
+    state.error_type = event.error_type
+    state.error_message = event.error_message
+    state.finished_at = event.at
+
+
+_APPLY: dict[type[Any], Callable[[RunState, Any], None]] = {
+    RunStarted: _run_started,
+    StepStarted: _step_started,
+    StepCompleted: _step_completed,
+    StepFailed: _step_failed,
+    RunCompleted: _run_completed,
+    RunFailed: _run_failed,
+}
