@@ -1,0 +1,100 @@
+"""aruntime: durable execution for asyncio, the event-sourcing way.
+
+A run is a workflow made of steps; every fact about it is appended to its log before the
+runtime moves on, and its state is a fold of that log, so a crashed run resumes exactly
+where its log ends.
+"""
+
+from __future__ import annotations
+
+from aruntime._context import RunContext as RunContext
+from aruntime._context import StepContext as StepContext
+from aruntime._context import current_run as current_run
+from aruntime._context import current_step as current_step
+from aruntime._definitions import Step as Step
+from aruntime._definitions import Workflow as Workflow
+from aruntime._definitions import registered_workflows as registered_workflows
+from aruntime._definitions import sequence as sequence
+from aruntime._definitions import step as step
+from aruntime._definitions import workflow as workflow
+from aruntime._supervisor import RestartBudget as RestartBudget
+from aruntime.clock import Clock as Clock
+from aruntime.clock import SystemClock as SystemClock
+from aruntime.errors import AruntimeError as AruntimeError
+from aruntime.errors import ConcurrencyError as ConcurrencyError
+from aruntime.errors import ConfigError as ConfigError
+from aruntime.errors import CorruptLogError as CorruptLogError
+from aruntime.errors import InvalidRunIdError as InvalidRunIdError
+from aruntime.errors import NonDeterminismError as NonDeterminismError
+from aruntime.errors import NonRetryableError as NonRetryableError
+from aruntime.errors import RetryAfter as RetryAfter
+from aruntime.errors import RunFailedError as RunFailedError
+from aruntime.errors import RunIdConflictError as RunIdConflictError
+from aruntime.errors import RunNotFoundError as RunNotFoundError
+from aruntime.errors import RunParkedError as RunParkedError
+from aruntime.errors import SerializationError as SerializationError
+from aruntime.errors import StepFailedError as StepFailedError
+from aruntime.errors import StoreError as StoreError
+from aruntime.errors import UnknownWorkflowError as UnknownWorkflowError
+from aruntime.retry import RetryPolicy as RetryPolicy
+from aruntime.runtime import RunHandle as RunHandle
+from aruntime.runtime import Runtime as Runtime
+from aruntime.runtime import RuntimeConfig as RuntimeConfig
+from aruntime.serializer import JsonSerializer as JsonSerializer
+from aruntime.serializer import Serializer as Serializer
+from aruntime.state import RunState as RunState
+from aruntime.state import RunStatus as RunStatus
+from aruntime.state import StepState as StepState
+from aruntime.state import StepStatus as StepStatus
+from aruntime.state import replay as replay
+from aruntime.store import EventStore as EventStore
+from aruntime.store import MemoryStore as MemoryStore
+from aruntime.store import RunInfo as RunInfo
+from aruntime.store import open_store as open_store
+
+__all__ = [
+    "AruntimeError",
+    "Clock",
+    "ConcurrencyError",
+    "ConfigError",
+    "CorruptLogError",
+    "EventStore",
+    "InvalidRunIdError",
+    "JsonSerializer",
+    "MemoryStore",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "RestartBudget",
+    "RetryAfter",
+    "RetryPolicy",
+    "RunContext",
+    "RunFailedError",
+    "RunHandle",
+    "RunIdConflictError",
+    "RunInfo",
+    "RunNotFoundError",
+    "RunParkedError",
+    "RunState",
+    "RunStatus",
+    "Runtime",
+    "RuntimeConfig",
+    "SerializationError",
+    "Serializer",
+    "Step",
+    "StepContext",
+    "StepFailedError",
+    "StepState",
+    "StepStatus",
+    "StoreError",
+    "SystemClock",
+    "UnknownWorkflowError",
+    "Workflow",
+    "current_run",
+    "current_step",
+    "open_store",
+    "registered_workflows",
+    "replay",
+    "sequence",
+    "step",
+    "workflow",
+]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 
 from aruntime.errors import RunNotFoundError
@@ -14,6 +13,31 @@ from aruntime.store._base import RunInfo, check_batch, raise_stale, status_after
 __all__ = ["MemoryStore"]
 
 
+class _Row:
+    """A run's index entry; version and update time are read off the log itself."""
+
+    __slots__ = ("created_at", "log", "parked_reason", "status", "workflow")
+
+    def __init__(self, workflow: str, created_at: float) -> None:
+        self.workflow = workflow
+        self.created_at = created_at
+        self.status = RunStatus.RUNNING
+        self.parked_reason: str | None = None
+        self.log: list[Event] = []
+
+    def info(self, run_id: str) -> RunInfo:
+        last = self.log[-1]
+        return RunInfo(
+            run_id=run_id,
+            workflow=self.workflow,
+            status=self.status,
+            version=last.sequence,
+            created_at=self.created_at,
+            updated_at=last.at,
+            parked_reason=self.parked_reason,
+        )
+
+
 class MemoryStore:
     """Logs in a dict, guarded by a lock; lost with the process.
 
@@ -22,8 +46,7 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
-        self._logs: dict[str, list[Event]] = {}
-        self._runs: dict[str, RunInfo] = {}
+        self._rows: dict[str, _Row] = {}
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -35,41 +58,26 @@ class MemoryStore:
     async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
         check_batch(run_id, events, expected_sequence)
         async with self._lock:
-            log = self._logs.get(run_id)
-            actual = len(log) if log is not None else 0
+            row = self._rows.get(run_id)
+            actual = len(row.log) if row is not None else 0
             if actual != expected_sequence:
                 raise_stale(run_id, expected_sequence, actual)
-            last = events[-1]
-            info = self._runs.get(run_id)
-            if info is None:
+            if row is None:
                 first = events[0]
                 assert isinstance(first, RunStarted)
-                log = self._logs[run_id] = []
-                info = RunInfo(
-                    run_id=run_id,
-                    workflow=first.workflow,
-                    status=RunStatus.RUNNING,
-                    version=0,
-                    created_at=first.at,
-                    updated_at=first.at,
-                )
-            assert log is not None
-            log.extend(events)
-            self._runs[run_id] = dataclasses.replace(
-                info,
-                status=status_after(info.status, events),
-                version=last.sequence,
-                updated_at=last.at,
-            )
+                row = self._rows[run_id] = _Row(first.workflow, first.at)
+            row.log.extend(events)
+            row.status = status_after(row.status, events)
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
-        log = self._logs.get(run_id)
-        if log is None:
+        row = self._rows.get(run_id)
+        if row is None:
             return []
-        return log[max(0, after) :]
+        return row.log[max(0, after) :]
 
     async def get_run(self, run_id: str) -> RunInfo | None:
-        return self._runs.get(run_id)
+        row = self._rows.get(run_id)
+        return None if row is None else row.info(run_id)
 
     async def list_runs(
         self,
@@ -79,21 +87,21 @@ class MemoryStore:
         limit: int | None = None,
     ) -> list[RunInfo]:
         rows = [
-            info
-            for info in self._runs.values()
-            if (status is None or info.status is status)
-            and (parked is None or info.parked == parked)
+            row.info(run_id)
+            for run_id, row in self._rows.items()
+            if (status is None or row.status is status)
+            and (parked is None or (row.parked_reason is not None) == parked)
         ]
         return rows if limit is None else rows[:limit]
 
     async def park(self, run_id: str, reason: str) -> None:
-        self._set_parked(run_id, reason)
+        self._row(run_id).parked_reason = reason
 
     async def unpark(self, run_id: str) -> None:
-        self._set_parked(run_id, None)
+        self._row(run_id).parked_reason = None
 
-    def _set_parked(self, run_id: str, reason: str | None) -> None:
-        info = self._runs.get(run_id)
-        if info is None:
+    def _row(self, run_id: str) -> _Row:
+        row = self._rows.get(run_id)
+        if row is None:
             raise RunNotFoundError(run_id)
-        self._runs[run_id] = dataclasses.replace(info, parked_reason=reason)
+        return row

@@ -1,0 +1,162 @@
+"""`@workflow`, `@step` and `sequence`: how users declare what a run is made of."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from aruntime import _context
+from aruntime.errors import ConfigError
+from aruntime.retry import RetryPolicy
+
+__all__ = ["Step", "Workflow", "registered_workflows", "sequence", "step", "workflow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_RETRY = RetryPolicy()
+
+_REGISTRY: dict[str, Workflow[..., Any]] = {}
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _check_coroutine_function(fn: object, what: str) -> None:
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigError(f"@{what} needs an `async def` function, got {fn!r}")
+
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ConfigError(f"a {what} name must be a non-empty string of at most 200 characters")
+    return name
+
+
+class Step(Generic[P, R]):
+    """A coroutine function whose outcome is journaled when called inside a workflow.
+
+    Called outside a workflow (or inside another step's body) it simply runs the body.
+    """
+
+    __slots__ = ("__dict__", "fn", "name", "retry")
+
+    def __init__(self, fn: Callable[P, Awaitable[R]], *, name: str, retry: RetryPolicy) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return _context.call_step(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<aruntime step {self.name!r}>"
+
+
+class Workflow(Generic[P, R]):
+    """An `async def` that calls steps; its code outside steps must be deterministic."""
+
+    __slots__ = ("__dict__", "fn", "name")
+
+    def __init__(self, fn: Callable[P, Awaitable[R]], *, name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<aruntime workflow {self.name!r}>"
+
+
+@overload
+def step(fn: Callable[P, Awaitable[R]], /) -> Step[P, R]: ...
+@overload
+def step(
+    *, name: str | None = None, retry: RetryPolicy | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Step[P, R]]: ...
+def step(
+    fn: Callable[P, Awaitable[R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> Step[P, R] | Callable[[Callable[P, Awaitable[R]]], Step[P, R]]:
+    """Declare a step: `@step` or `@step(name=..., retry=RetryPolicy(...))`.
+
+    Args:
+        name: the step's identity in the log; defaults to the function's qualified name.
+            Renaming a step changes its identity, so runs recorded before the change will
+            stop with `NonDeterminismError`.
+        retry: how failures are retried (default: `RetryPolicy()`, 3 attempts).
+    """
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigError(f"retry must be a RetryPolicy, got {retry!r}")
+
+    def decorate(f: Callable[P, Awaitable[R]]) -> Step[P, R]:
+        _check_coroutine_function(f, "step")
+        return Step(
+            f,
+            name=_check_name(name, "step") if name is not None else f.__qualname__,
+            retry=retry or DEFAULT_RETRY,
+        )
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def workflow(fn: Callable[P, Awaitable[R]], /) -> Workflow[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]: ...
+def workflow(
+    fn: Callable[P, Awaitable[R]] | None = None, /, *, name: str | None = None
+) -> Workflow[P, R] | Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]:
+    """Declare and register a workflow: `@workflow` or `@workflow(name="checkout")`.
+
+    The name is what the log records, so that a runtime in a later process can find the
+    code again; it defaults to `module.qualname`. Declaring a workflow again under the same
+    name replaces the earlier declaration.
+    """
+
+    def decorate(f: Callable[P, Awaitable[R]]) -> Workflow[P, R]:
+        _check_coroutine_function(f, "workflow")
+        wf = Workflow(f, name=_check_name(name, "workflow") if name else _default_name(f))
+        _REGISTRY[wf.name] = wf
+        return wf
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def sequence(
+    name: str, steps: Iterable[Step[..., Any] | Callable[..., Awaitable[Any]]]
+) -> Workflow[..., Any]:
+    """A workflow that runs `steps` in order, feeding each the previous step's result.
+
+    The run's argument (if any) goes to the first step. Plain `async def` functions are
+    made steps with the default retry policy.
+    """
+    chain = tuple(s if isinstance(s, Step) else step(s) for s in steps)
+    if not chain:
+        raise ConfigError(f"sequence {name!r} needs at least one step")
+
+    async def run_sequence(value: Any = None) -> Any:
+        for s in chain:
+            value = await s(value)
+        return value
+
+    run_sequence.__qualname__ = name
+    return workflow(name=_check_name(name, "workflow"))(run_sequence)
+
+
+def registered_workflows() -> dict[str, Workflow[..., Any]]:
+    """Every workflow declared in this process, by name (a copy)."""
+    return dict(_REGISTRY)
+
+
+def lookup_workflow(name: str) -> Workflow[..., Any] | None:
+    return _REGISTRY.get(name)

@@ -1,0 +1,236 @@
+"""Supervision: one task per run, respawned from its log when it dies.
+
+Every run task belongs to the runtime's task group. A task loops: read and fold the log,
+run the workflow to its end with a fresh `Runner`, and return. If the runner dies for any
+reason other than the workflow's own outcome (a bug, a store error, an injected crash, an
+unexpected BaseException from a step body) the loop throws away the in-memory state,
+replays the log and tries again, within a restart budget (`RestartBudget`). Past the budget
+the run is parked: marked in the store's index with the reason, visible in `runs list`,
+and left alone until `Runtime.resume()` (or a fixed deployment and a resume) clears it.
+Some failures are not worth a retry and park at once: `NonDeterminismError`,
+`UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
+A `ConcurrencyError` means another writer owns the run: this task stops without a trace.
+
+Shutting the runtime down cancels the tasks; cancellation is never recorded, so no run is
+marked failed because its process stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aruntime._definitions import Workflow
+from aruntime._log import logger
+from aruntime._runner import Runner
+from aruntime.errors import (
+    ConcurrencyError,
+    ConfigError,
+    CorruptLogError,
+    NonDeterminismError,
+    SerializationError,
+    UnknownWorkflowError,
+)
+from aruntime.state import RunState, replay
+
+if TYPE_CHECKING:
+    from aruntime.clock import Clock
+    from aruntime.serializer import Serializer
+    from aruntime.store import EventStore
+
+__all__ = ["RestartBudget", "Supervisor"]
+
+_PARK_AT_ONCE = (NonDeterminismError, UnknownWorkflowError, CorruptLogError, SerializationError)
+_CRASH = "aruntime: injected crash"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartBudget:
+    """How often a run may be respawned before it is parked."""
+
+    max_restarts: int = 5
+    """Respawns allowed within `window`; one more parks the run."""
+    window: float = 60.0
+    """Seconds over which respawns are counted."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        if not (isinstance(self.window, int | float) and math.isfinite(self.window)):
+            raise ConfigError(f"window must be a finite number of seconds, got {self.window!r}")
+        if self.window <= 0:
+            raise ConfigError(f"window must be > 0 seconds, got {self.window!r}")
+
+
+@dataclass(slots=True)
+class SupervisorStats:
+    """Counters for the demo, benchmarks and tests."""
+
+    spawned: int = 0
+    respawned: int = 0
+    parked: int = 0
+
+
+class _Crash:
+    """A crash request: the state before it, and the replayed state after it."""
+
+    __slots__ = ("after", "before")
+
+    def __init__(self, before: RunState) -> None:
+        self.before = before
+        self.after: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
+
+
+class Supervisor:
+    """Owns the run tasks of one runtime."""
+
+    def __init__(
+        self,
+        *,
+        group: asyncio.TaskGroup,
+        store: EventStore,
+        clock: Clock,
+        serializer: Serializer,
+        random: Callable[[], float],
+        find_workflow: Callable[[str], Workflow[..., Any] | None],
+        budget: RestartBudget,
+        on_exit: Callable[[str], None],
+    ) -> None:
+        self._group = group
+        self._store = store
+        self._clock = clock
+        self._serializer = serializer
+        self._random = random
+        self._find_workflow = find_workflow
+        self._budget = budget
+        self._on_exit = on_exit
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, Runner] = {}
+        self._crashes: dict[str, _Crash] = {}
+        self.stats = SupervisorStats()
+
+    def supervising(self, run_id: str) -> bool:
+        return run_id in self._tasks
+
+    @property
+    def active(self) -> int:
+        """How many run tasks are alive."""
+        return len(self._tasks)
+
+    def spawn(self, run_id: str, state: RunState | None = None) -> None:
+        """Start supervising `run_id` (no-op if already supervised here)."""
+        if run_id in self._tasks:
+            return
+        self.stats.spawned += 1
+        self._tasks[run_id] = self._group.create_task(
+            self._supervise(run_id, state), name=f"aruntime run {run_id}"
+        )
+
+    def cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def crash(self, run_id: str) -> tuple[RunState, RunState]:
+        """Kill the run's task as a crash would; return (state before, state replayed).
+
+        Raises:
+            LookupError: the run has no live runner in this runtime.
+        """
+        runner = self._runners.get(run_id)
+        task = self._tasks.get(run_id)
+        if runner is None or task is None or run_id in self._crashes:
+            raise LookupError(f"run {run_id!r} has no live runner to crash")
+        crash = self._crashes[run_id] = _Crash(runner.state.copy())
+        task.cancel(_CRASH)
+        return crash.before, await crash.after
+
+    async def _supervise(self, run_id: str, state: RunState | None) -> None:
+        restarts: collections.deque[float] = collections.deque()
+        lock = asyncio.Lock()
+        try:
+            while True:
+                try:
+                    if state is None:
+                        state = replay(await self._store.events_for(run_id))
+                        crash = self._crashes.pop(run_id, None)
+                        if crash is not None:
+                            crash.after.set_result(state.copy())
+                    runner = self._runner_for(run_id, state, lock)
+                    self._runners[run_id] = runner
+                    await runner.run()
+                    return
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if not (exc.args and exc.args[0] == _CRASH and task is not None):
+                        raise
+                    task.uncancel()
+                    reason: BaseException = exc
+                except _PARK_AT_ONCE as exc:
+                    await self._park(run_id, exc)
+                    return
+                except ConcurrencyError as exc:
+                    logger.warning("run.superseded", run_id=run_id, error=str(exc))
+                    return
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    reason = exc
+                finally:
+                    self._runners.pop(run_id, None)
+                state = None
+                lock = asyncio.Lock()
+                now = self._clock.monotonic()
+                restarts.append(now)
+                while restarts and restarts[0] <= now - self._budget.window:
+                    restarts.popleft()
+                if len(restarts) > self._budget.max_restarts:
+                    await self._park(
+                        run_id,
+                        f"restart budget exhausted: {len(restarts)} restarts in "
+                        f"{self._budget.window:g}s; last cause: {_describe(reason)}",
+                    )
+                    return
+                self.stats.respawned += 1
+                logger.warning(
+                    "run.respawned", run_id=run_id, restarts=len(restarts), cause=_describe(reason)
+                )
+        finally:
+            self._tasks.pop(run_id, None)
+            crash = self._crashes.pop(run_id, None)
+            if crash is not None and not crash.after.done():
+                crash.after.cancel()
+            self._on_exit(run_id)
+
+    def _runner_for(self, run_id: str, state: RunState, lock: asyncio.Lock) -> Runner:
+        assert state.workflow is not None, f"run {run_id!r} has no RunStarted"
+        workflow = self._find_workflow(state.workflow)
+        if workflow is None:
+            raise UnknownWorkflowError(run_id, state.workflow)
+        return Runner(
+            state=state,
+            workflow=workflow,
+            store=self._store,
+            clock=self._clock,
+            serializer=self._serializer,
+            random=self._random,
+            lock=lock,
+        )
+
+    async def _park(self, run_id: str, reason: BaseException | str) -> None:
+        text = reason if isinstance(reason, str) else _describe(reason)
+        self.stats.parked += 1
+        logger.error("run.parked", run_id=run_id, reason=text)
+        try:
+            await self._store.park(run_id, text)
+        except Exception as exc:  # the store is failing too: the run stays unfinished
+            logger.error("run.park_failed", run_id=run_id, reason=text, error=str(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "crash injected by aruntime.testing.crash_run"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,368 @@
+"""The runtime: the object an application embeds, and the handles of its runs."""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from aruntime._definitions import Workflow, lookup_workflow
+from aruntime._log import logger
+from aruntime._runner import decode_args, encode_args
+from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
+from aruntime.clock import Clock, SystemClock
+from aruntime.errors import (
+    ConcurrencyError,
+    ConfigError,
+    CorruptLogError,
+    InvalidRunIdError,
+    RunFailedError,
+    RunIdConflictError,
+    RunNotFoundError,
+    RunParkedError,
+)
+from aruntime.events import RunCompleted, RunFailed, RunStarted
+from aruntime.serializer import JsonSerializer, Serializer
+from aruntime.state import RunState, RunStatus, fold_into, replay
+from aruntime.store import EventStore, MemoryStore, RunInfo, open_store
+
+__all__ = ["MAX_RUN_ID_LENGTH", "RunHandle", "Runtime", "RuntimeConfig"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_RUN_ID_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    """Settings of a `Runtime` beyond its store."""
+
+    restart_budget: RestartBudget = field(default_factory=RestartBudget)
+    """How often a crashed run is respawned before it is parked."""
+    resume_on_start: bool = True
+    """Resume every unfinished, unparked run in the store when the runtime starts."""
+    result_poll_interval: float = 0.5
+    """Seconds between store reads while waiting on a run this runtime does not run."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.restart_budget, RestartBudget):
+            raise ConfigError("restart_budget must be a RestartBudget")
+        if not self.result_poll_interval > 0:
+            raise ConfigError("result_poll_interval must be > 0 seconds")
+
+
+def check_run_id(run_id: object) -> str:
+    """Return `run_id` if it is a usable run id.
+
+    Raises:
+        InvalidRunIdError: not a string, empty, too long, or holding control characters.
+    """
+    if not isinstance(run_id, str):
+        raise InvalidRunIdError(run_id, f"a run id must be a str, not {type(run_id).__name__}")
+    if not run_id:
+        raise InvalidRunIdError(run_id, "a run id must not be empty")
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise InvalidRunIdError(
+            run_id, f"{len(run_id)} characters, more than the limit of {MAX_RUN_ID_LENGTH}"
+        )
+    if not run_id.isprintable():
+        raise InvalidRunIdError(run_id, "a run id must not contain control characters")
+    return run_id
+
+
+class Runtime:
+    """Runs workflows durably; an async context manager that owns every run task.
+
+    Example:
+        async with Runtime("sqlite:///runs.db") as rt:
+            handle = await rt.start(checkout, "o-42", run_id="order-42")
+            print(await handle.result())
+
+    On entry the runtime opens its store and resumes every unfinished run in it; on exit
+    it cancels its run tasks (nothing is recorded for them: they resume next time) and
+    closes the store if it opened it from a URL.
+
+    Args:
+        store: a store object, a URL (`memory://`, `sqlite:///path.db`), or None for a
+            fresh in-memory store. A store object is opened but not closed by the runtime.
+        workflows: the workflows this runtime may run; default, every `@workflow` declared
+            in the process.
+        clock: where time comes from (tests pass a fake one).
+        serializer: how arguments and results become text (default: strict JSON).
+        random: uniform [0, 1) source for retry jitter.
+        config: further settings.
+    """
+
+    def __init__(
+        self,
+        store: EventStore | str | None = None,
+        *,
+        workflows: Iterable[Workflow[..., Any]] | None = None,
+        clock: Clock | None = None,
+        serializer: Serializer | None = None,
+        random: Callable[[], float] | None = None,
+        config: RuntimeConfig | None = None,
+    ) -> None:
+        if store is None:
+            self._owns_store = True
+            self.store: EventStore = MemoryStore()
+        elif isinstance(store, str):
+            self._owns_store = True
+            self.store = open_store(store)
+        else:
+            self._owns_store = False
+            self.store = store
+        self._workflows: dict[str, Workflow[..., Any]] | None = None
+        if workflows is not None:
+            self._workflows = {}
+            for wf in workflows:
+                if not isinstance(wf, Workflow):
+                    raise ConfigError(f"not a @workflow: {wf!r}")
+                self._workflows[wf.name] = wf
+        self.clock: Clock = clock or SystemClock()
+        self.serializer: Serializer = serializer or JsonSerializer()
+        self._random = random or _random.Random().random
+        self.config = config or RuntimeConfig()
+        self._group: asyncio.TaskGroup | None = None
+        self._supervisor: Supervisor | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._group is not None or self._closed:
+            raise ConfigError("a Runtime can be entered once")
+        await self.store.open()
+        group = asyncio.TaskGroup()
+        await group.__aenter__()
+        self._group = group
+        self._supervisor = Supervisor(
+            group=group,
+            store=self.store,
+            clock=self.clock,
+            serializer=self.serializer,
+            random=self._random,
+            find_workflow=self._find_workflow,
+            budget=self.config.restart_budget,
+            on_exit=self._run_exited,
+        )
+        try:
+            if self.config.resume_on_start:
+                await self._resume_unfinished()
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        group, self._group = self._group, None
+        if group is None:
+            return
+        self._closed = True
+        assert self._supervisor is not None
+        self._supervisor.cancel_all()
+        try:
+            await group.__aexit__(exc_type, exc, tb)
+        finally:
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.cancel()
+            self._waiters.clear()
+            if self._owns_store:
+                await self.store.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every run task (they resume next time) and release the store."""
+        await self.__aexit__(None, None, None)
+
+    async def _resume_unfinished(self) -> None:
+        supervisor = self._require_supervisor()
+        infos = await self.store.list_runs(status=RunStatus.RUNNING, parked=False)
+        for info in infos:
+            supervisor.spawn(info.run_id)
+        if infos:
+            logger.info("runtime.resumed", runs=len(infos))
+
+    # -- starting and finding runs ---------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow[P, R],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> RunHandle[R]:
+        """Start a run of `workflow`, or return the existing run with the same id.
+
+        Pass `run_id="..."` (a keyword the workflow's own parameters cannot use) to name
+        the run; it is the run's idempotency key. Without it a random id is generated.
+
+        Raises:
+            InvalidRunIdError: the run id is unusable.
+            RunIdConflictError: the id names a run of another workflow or other arguments.
+            SerializationError: the arguments cannot be serialized (nothing is recorded).
+        """
+        supervisor = self._require_supervisor()
+        if not isinstance(workflow, Workflow):
+            raise ConfigError(f"start() needs a @workflow, got {workflow!r}")
+        run_id = kwargs.pop("run_id", None)
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
+        if self._find_workflow(workflow.name) is not workflow:
+            raise ConfigError(
+                f"workflow {workflow.name!r} is not the one this runtime runs under that name"
+            )
+        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
+        event = RunStarted(
+            sequence=1, at=self.clock.now(), run_id=run_id, workflow=workflow.name, args=encoded
+        )
+        try:
+            await self.store.append(run_id, (event,), 0)
+        except ConcurrencyError:
+            return await self._existing(run_id, workflow, encoded)
+        state = RunState()
+        fold_into(state, (event,))
+        logger.info("run.started", run_id=run_id, workflow=workflow.name)
+        supervisor.spawn(run_id, state)
+        return RunHandle(self, run_id)
+
+    async def _existing(self, run_id: str, workflow: Workflow[P, R], encoded: str) -> RunHandle[R]:
+        first = (await self.store.events_for(run_id))[:1]
+        if not first or not isinstance(first[0], RunStarted):
+            raise RunNotFoundError(run_id)
+        started = first[0]
+        if started.workflow != workflow.name:
+            raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
+        if started.args != encoded and self._decoded(run_id, started.args) != self._decoded(
+            run_id, encoded
+        ):
+            raise RunIdConflictError(run_id, "with other arguments")
+        return RunHandle(self, run_id)
+
+    def _decoded(self, run_id: str, text: str) -> Any:
+        return decode_args(self.serializer, run_id, text)
+
+    def handle(self, run_id: str) -> RunHandle[Any]:
+        """A handle on an existing run (checked when used)."""
+        return RunHandle(self, check_run_id(run_id))
+
+    async def state(self, run_id: str) -> RunState:
+        """The run's state, replayed from its log.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        events = await self.store.events_for(check_run_id(run_id))
+        if not events:
+            raise RunNotFoundError(run_id)
+        return replay(events)
+
+    async def runs(
+        self, *, status: RunStatus | None = None, parked: bool | None = None
+    ) -> list[RunInfo]:
+        """The store's index of runs."""
+        return await self.store.list_runs(status=status, parked=parked)
+
+    async def resume(self, run_id: str) -> None:
+        """Clear a parked run's mark and run it again from its log.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        supervisor = self._require_supervisor()
+        info = await self.store.get_run(check_run_id(run_id))
+        if info is None:
+            raise RunNotFoundError(run_id)
+        if info.parked:
+            await self.store.unpark(run_id)
+        if not info.status.terminal:
+            supervisor.spawn(run_id)
+
+    @property
+    def stats(self) -> SupervisorStats:
+        """Counters of spawned, respawned and parked runs."""
+        return self._require_supervisor().stats
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _require_supervisor(self) -> Supervisor:
+        if self._supervisor is None or self._group is None:
+            raise ConfigError("use the Runtime inside `async with Runtime(...) as rt:`")
+        return self._supervisor
+
+    def _find_workflow(self, name: str) -> Workflow[..., Any] | None:
+        if self._workflows is not None:
+            return self._workflows.get(name)
+        return lookup_workflow(name)
+
+    def _run_exited(self, run_id: str) -> None:
+        for waiter in self._waiters.pop(run_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_exit(self, run_id: str) -> None:
+        """Wait until the local task of `run_id` ends, or a poll interval if it has none."""
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor.supervising(run_id):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(run_id, []).append(waiter)
+            await waiter
+        else:
+            await self.clock.sleep(self.config.result_poll_interval)
+
+
+class RunHandle(Generic[R]):
+    """A reference to one run, by id."""
+
+    __slots__ = ("_runtime", "run_id")
+
+    def __init__(self, runtime: Runtime, run_id: str) -> None:
+        self._runtime = runtime
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    async def state(self) -> RunState:
+        """The run's state, replayed from its log."""
+        return await self._runtime.state(self.run_id)
+
+    async def result(self) -> R:
+        """Wait for the run to end and return the workflow's result.
+
+        Raises:
+            RunFailedError: the run ended failed (with the cause's type and message).
+            RunParkedError: the supervisor parked the run.
+            RunNotFoundError: no such run.
+        """
+        rt = self._runtime
+        while True:
+            info = await rt.store.get_run(self.run_id)
+            if info is None:
+                raise RunNotFoundError(self.run_id)
+            if info.status.terminal:
+                return await self._outcome(info.version)
+            if info.parked:
+                raise RunParkedError(self.run_id, info.parked_reason or "")
+            await rt._wait_exit(self.run_id)
+
+    async def _outcome(self, version: int) -> R:
+        last = await self._runtime.store.events_for(self.run_id, after=version - 1)
+        event = last[-1] if last else None
+        if isinstance(event, RunCompleted):
+            value: R = self._runtime.serializer.loads(event.result)
+            return value
+        if isinstance(event, RunFailed):
+            raise RunFailedError(self.run_id, event.error_type, event.error_message)
+        raise CorruptLogError(self.run_id, version, f"a finished run ends with {event!r:.80}")
