@@ -1,0 +1,149 @@
+"""Tools for testing code that uses aruntime: a fake clock, crash injection, a faulty store.
+
+Example:
+    clock = FakeClock()
+    async with Runtime(clock=clock) as rt:
+        handle = await rt.start(checkout, "o-1")
+        before, after = await crash_run(rt, handle.run_id)
+        assert before == after   # the replayed state is the state the crash threw away
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+
+from aruntime.errors import StoreError
+from aruntime.events import Event
+from aruntime.runtime import Runtime
+from aruntime.state import RunState, RunStatus
+from aruntime.store import EventStore, RunInfo
+
+__all__ = ["FakeClock", "FaultyStore", "crash_run"]
+
+
+class FakeClock:
+    """A clock that moves only when told to, or by itself with `autojump=True`.
+
+    `sleep(d)` waits until `advance()` moves the clock `d` seconds on. With `autojump`,
+    a sleep instead jumps the clock straight to its deadline, so retries with long
+    backoffs finish at once while every persisted due time stays exact. Every requested
+    sleep is recorded in `sleeps`.
+    """
+
+    def __init__(self, start: float = 1_000_000.0, *, autojump: bool = False) -> None:
+        self._now = start
+        self._mono = 0.0
+        self.autojump = autojump
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._ids = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.sleeps.append(seconds)
+        if self.autojump or seconds == 0:
+            self._move(seconds)
+            await asyncio.sleep(0)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._ids), waiter))
+        await waiter
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on and wake the sleepers whose deadline has come."""
+        if seconds < 0:
+            raise ValueError("a clock does not go back")
+        self._move(seconds)
+
+    def _move(self, seconds: float) -> None:
+        self._now += seconds
+        self._mono += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._mono:
+            _, _, waiter = heapq.heappop(self._sleepers)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def sleeping(self) -> int:
+        """How many sleeps are waiting for the clock to move."""
+        return sum(1 for _, _, w in self._sleepers if not w.done())
+
+
+async def crash_run(runtime: Runtime, run_id: str) -> tuple[RunState, RunState]:
+    """Kill the run's task as a crash would, throwing its in-memory state away.
+
+    The supervisor respawns it from the log. Returns the state the task held before the
+    crash and the state the respawned task replayed from the log; with every append
+    folded as soon as it is durable, the two are equal.
+
+    Raises:
+        LookupError: the run has no live task in this runtime.
+    """
+    return await runtime._require_supervisor().crash(run_id)
+
+
+class FaultyStore:
+    """Wraps a store and makes chosen calls fail, for fault-injection tests.
+
+    `fail_append` decides, for each append (run id, events), whether it raises; the
+    default raises a `StoreError` for the appends numbered in `fail_appends` (counted
+    from 1 across the store).
+    """
+
+    def __init__(
+        self,
+        inner: EventStore,
+        *,
+        fail_appends: Sequence[int] = (),
+        fail_append: Callable[[str, Sequence[Event]], bool] | None = None,
+        error: Callable[[], BaseException] = lambda: StoreError("injected store fault"),
+    ) -> None:
+        self.inner = inner
+        self.appends = 0
+        self._fail_appends = set(fail_appends)
+        self._fail_append = fail_append
+        self._error = error
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
+        self.appends += 1
+        if self.appends in self._fail_appends or (
+            self._fail_append is not None and self._fail_append(run_id, events)
+        ):
+            raise self._error()
+        await self.inner.append(run_id, events, expected_sequence)
+
+    async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
+        return await self.inner.events_for(run_id, after)
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        return await self.inner.get_run(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        parked: bool | None = None,
+        limit: int | None = None,
+    ) -> list[RunInfo]:
+        return await self.inner.list_runs(status=status, parked=parked, limit=limit)
+
+    async def park(self, run_id: str, reason: str) -> None:
+        await self.inner.park(run_id, reason)
+
+    async def unpark(self, run_id: str) -> None:
+        await self.inner.unpark(run_id)
