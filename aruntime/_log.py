@@ -8,8 +8,22 @@ for them (configure `structlog.make_filtering_bound_logger` and
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
 
 logger: Any = structlog.get_logger("aruntime")
+
+
+def debug_enabled() -> bool:
+    """Whether the application's structlog configuration lets debug events through.
+
+    Asked once per run (not per step), so per-step debug events cost nothing when the
+    application filters them out. Loggers that cannot say are assumed to log everything.
+    """
+    bound = structlog.get_logger("aruntime").bind()
+    is_enabled_for = getattr(bound, "is_enabled_for", None)
+    if is_enabled_for is None:
+        return True
+    return bool(is_enabled_for(logging.DEBUG))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aruntime import _context
 from aruntime._decide import INTERRUPTED, Execute, GiveUp, Mismatch, Raise, Replay, next_action
 from aruntime._errortext import error_message, error_type
-from aruntime._log import logger
+from aruntime._log import debug_enabled, logger
 from aruntime.errors import (
     AruntimeError,
     NonDeterminismError,
@@ -89,6 +89,7 @@ class Runner:
     __slots__ = (
         "_abort",
         "_clock",
+        "_debug",
         "_lock",
         "_max_position",
         "_next_position",
@@ -125,6 +126,7 @@ class Runner:
         self._next_position = 1
         self._max_position = 0
         self._abort: BaseException | None = None
+        self._debug = debug_enabled()
 
     async def run(self) -> None:
         """Run the workflow to its end and record it; return at once if already ended.
@@ -197,7 +199,9 @@ class Runner:
         """Number, append and fold one event; the only way this runner writes."""
         if self._abort is not None:
             raise _Abort(self._abort)
-        async with self._lock:
+        lock = self._lock
+        await lock.acquire()
+        try:
             state = self.state
             sequence = state.version + 1
             event = kind(sequence=sequence, at=self._clock.now(), **fields)
@@ -206,6 +210,8 @@ class Runner:
             except AruntimeError as exc:
                 raise self._fail(exc) from None
             fold_into(state, (event,))
+        finally:
+            lock.release()
 
     async def run_step(
         self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -231,7 +237,8 @@ class Runner:
                 if action.not_before is not None:
                     await clock.sleep(action.not_before - clock.now())
                 await self._append(StepStarted, position=position, step=name, attempt=attempt)
-                logger.debug("step.started", run_id=run_id, step=name, attempt=attempt)
+                if self._debug:
+                    logger.debug("step.started", run_id=run_id, step=name, attempt=attempt)
                 await self._attempt(step, position, attempt, args, kwargs)
             elif kind is Raise:
                 assert isinstance(action, Raise)
@@ -293,7 +300,8 @@ class Runner:
             await self._append(
                 StepCompleted, position=position, step=name, attempt=attempt, result=result
             )
-            logger.debug("step.completed", run_id=self.run_id, step=name, attempt=attempt)
+            if self._debug:
+                logger.debug("step.completed", run_id=self.run_id, step=name, attempt=attempt)
             return
         delay = step.retry.next_delay(attempt, failure, self._random)
         retry_at = None if delay is None else clock.now() + delay

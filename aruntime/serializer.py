@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+import msgspec
+
 __all__ = ["JsonSerializer", "Serializer"]
 
 
@@ -20,23 +22,48 @@ class Serializer(Protocol):
         ...
 
 
-class JsonSerializer:
-    """Strict JSON: no NaN or infinity, tuples come back as lists, keys as strings.
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    Every value goes through it before a workflow sees it, on the first run as on replay,
-    so a workflow never sees a value that a replay would give it differently.
+
+class JsonSerializer:
+    """JSON, encoded and decoded by msgspec (about ten times faster than the stdlib).
+
+    JSON's own types round-trip: dict, list, str, int, float, bool, None; a tuple comes
+    back as a list and non-string keys as strings. Types with an obvious JSON form
+    (datetime, date, UUID, Decimal, bytes, enum, dataclass, set) are written in that form
+    and come back as it (str, dict, list). Anything else raises TypeError, and NaN or
+    infinity raise ValueError, instead of being changed on the way. Every value goes
+    through the serializer before a workflow sees it, on the first run as on replay, so a
+    workflow never sees a value that a replay would give it differently.
     """
 
-    __slots__ = ("_decoder", "_encoder")
+    __slots__ = ("_decode", "_encode")
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
-        )
-        self._decoder = json.JSONDecoder()
+        # msgspec writes NaN and infinity as null; `dumps` catches that case by looking
+        # for "null" in its output and re-checking with the strict stdlib encoder.
+        self._encode = msgspec.json.Encoder(enc_hook=_refuse).encode
+        self._decode = msgspec.json.Decoder().decode
 
     def dumps(self, value: Any) -> str:
-        return self._encoder.encode(value)
+        try:
+            text = self._encode(value).decode()
+        except msgspec.EncodeError as exc:
+            raise ValueError(str(exc)) from None
+        if "null" in text:
+            _check_finite(value)
+        return text
 
     def loads(self, text: str) -> Any:
-        return self._decoder.decode(text)
+        try:
+            return self._decode(text)
+        except msgspec.DecodeError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _check_finite(value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False, default=_refuse)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (NaN and infinity have no JSON form)") from None
