@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from aruntime.errors import CorruptLogError
 from aruntime.events import (
@@ -63,8 +64,7 @@ class StepStatus(enum.StrEnum):
     """The step failed for good."""
 
 
-@dataclass(slots=True)
-class StepState:
+class StepState(msgspec.Struct):
     """The fold of every event about the step at one position."""
 
     position: int
@@ -81,22 +81,10 @@ class StepState:
     finished_at: float | None = None
 
     def copy(self) -> StepState:
-        return StepState(
-            self.position,
-            self.step,
-            self.status,
-            self.attempts,
-            self.result,
-            self.error_type,
-            self.error_message,
-            self.retry_at,
-            self.started_at,
-            self.finished_at,
-        )
+        return msgspec.structs.replace(self)
 
 
-@dataclass(slots=True)
-class RunState:
+class RunState(msgspec.Struct):
     """The fold of a run's log: everything the runner decides from."""
 
     run_id: str | None = None
@@ -105,7 +93,7 @@ class RunState:
     status: RunStatus = RunStatus.PENDING
     version: int = 0
     """The sequence of the last event folded; equals the length of the log."""
-    steps: dict[int, StepState] = field(default_factory=dict)
+    steps: dict[int, StepState] = msgspec.field(default_factory=dict)
     result: str | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -115,19 +103,8 @@ class RunState:
 
     def copy(self) -> RunState:
         """An independent copy; folding into it leaves this state unchanged."""
-        return RunState(
-            self.run_id,
-            self.workflow,
-            self.args,
-            self.status,
-            self.version,
-            {pos: s.copy() for pos, s in self.steps.items()},
-            self.result,
-            self.error_type,
-            self.error_message,
-            self.started_at,
-            self.updated_at,
-            self.finished_at,
+        return msgspec.structs.replace(
+            self, steps={pos: msgspec.structs.replace(s) for pos, s in self.steps.items()}
         )
 
 
@@ -148,29 +125,34 @@ def fold_into(state: RunState, events: Iterable[Event]) -> None:
     On `CorruptLogError` the state may hold the events before the bad one.
     """
     apply = _APPLY
+    version = state.version
     for event in events:
         handler = apply.get(type(event))
         if handler is None:
             raise CorruptLogError(
                 state.run_id, getattr(event, "sequence", None), f"not an event: {event!r:.120}"
             )
-        if event.sequence != state.version + 1:
-            kind = "duplicate" if event.sequence <= state.version else "gap"
+        sequence = event.sequence
+        if sequence != version + 1:
+            kind = "duplicate" if sequence <= version else "gap"
             raise CorruptLogError(
                 state.run_id,
-                event.sequence,
-                f"{kind}: expected sequence {state.version + 1}, "
-                f"found {type(event).__name__} at {event.sequence}",
+                sequence,
+                f"{kind}: expected sequence {version + 1}, "
+                f"found {type(event).__name__} at {sequence}",
             )
-        if state.status.terminal:
+        if state.status in _TERMINAL:
             raise CorruptLogError(
                 state.run_id,
-                event.sequence,
+                sequence,
                 f"{type(event).__name__} after the run ended {state.status.value}",
             )
         handler(state, event)
-        state.version = event.sequence
+        state.version = version = sequence
         state.updated_at = event.at
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
 
 
 def _run_started(state: RunState, event: RunStarted) -> None:
