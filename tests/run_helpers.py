@@ -1,0 +1,40 @@
+"""Helpers shared by the runtime behaviour tests: a typed `start` and a polling wait."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aruntime import RunHandle, Runtime, Workflow
+from aruntime.events import Event
+
+R = TypeVar("R")
+
+
+async def start(rt: Runtime, wf: Workflow[..., R], *args: Any, run_id: str) -> RunHandle[R]:
+    """`rt.start(wf, *args, run_id=...)`, typed loosely.
+
+    mypy rejects `run_id=` on a workflow whose signature has no such parameter, because
+    `Runtime.start` takes `**kwargs: P.kwargs`; going through `Workflow[..., R]` keeps
+    the call itself exactly what a user writes.
+    """
+    return await rt.start(wf, *args, run_id=run_id)
+
+
+async def wait_until(pred: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Poll `pred` on the event loop until it holds; fail after a few seconds."""
+    async with asyncio.timeout(5):
+        while True:
+            value = pred()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.001)
+
+
+def kinds(events: list[Event]) -> list[str]:
+    """The event type names of a log, in order."""
+    return [type(e).__name__ for e in events]
