@@ -12,6 +12,8 @@ def error_type(exc: BaseException) -> str:
     cls = type(exc)
     if cls.__module__ == "builtins" and getattr(builtins, cls.__name__, None) is cls:
         return str(cls.__qualname__)
+    if cls.__module__ == "aruntime.errors":
+        return f"aruntime.{cls.__qualname__}"  # as users import it
     return f"{cls.__module__}.{cls.__qualname__}"
 
 

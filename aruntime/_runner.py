@@ -150,6 +150,7 @@ class Runner:
                 raise abort.cause from None
             except Exception as exc:
                 self._raise_if_aborted()
+                self._check_no_unvisited_steps()
                 await self._finish_failed(exc)
                 return
             self._raise_if_aborted()

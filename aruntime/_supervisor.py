@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["RestartBudget", "Supervisor"]
 
 _PARK_AT_ONCE = (NonDeterminismError, UnknownWorkflowError, CorruptLogError, SerializationError)
-_CRASH = "aruntime: injected crash"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,7 +144,7 @@ class Supervisor:
         if runner is None or task is None or run_id in self._crashes:
             raise LookupError(f"run {run_id!r} has no live runner to crash")
         crash = self._crashes[run_id] = _Crash(runner.state.copy())
-        task.cancel(_CRASH)
+        task.cancel()
         return crash.before, await crash.after
 
     async def _supervise(self, run_id: str, state: RunState | None) -> None:
@@ -165,10 +164,15 @@ class Supervisor:
                     return
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
-                    if not (exc.args and exc.args[0] == _CRASH and task is not None):
-                        raise
-                    task.uncancel()
-                    reason: BaseException = exc
+                    assert task is not None
+                    cancels = task.cancelling()
+                    if cancels == 1 and run_id in self._crashes:
+                        task.uncancel()  # our own crash injection: respawn
+                        reason: BaseException | str = "crash injected by aruntime.testing.crash_run"
+                    elif cancels:
+                        raise  # the runtime is shutting down: record nothing
+                    else:
+                        reason = exc  # a stray CancelledError from a step body: a bug
                 except _PARK_AT_ONCE as exc:
                     await self._park(run_id, exc)
                     return
@@ -183,27 +187,35 @@ class Supervisor:
                     self._runners.pop(run_id, None)
                 state = None
                 lock = asyncio.Lock()
-                now = self._clock.monotonic()
-                restarts.append(now)
-                while restarts and restarts[0] <= now - self._budget.window:
-                    restarts.popleft()
-                if len(restarts) > self._budget.max_restarts:
-                    await self._park(
-                        run_id,
-                        f"restart budget exhausted: {len(restarts)} restarts in "
-                        f"{self._budget.window:g}s; last cause: {_describe(reason)}",
-                    )
+                if not await self._may_respawn(run_id, restarts, reason):
                     return
-                self.stats.respawned += 1
-                logger.warning(
-                    "run.respawned", run_id=run_id, restarts=len(restarts), cause=_describe(reason)
-                )
         finally:
             self._tasks.pop(run_id, None)
             crash = self._crashes.pop(run_id, None)
             if crash is not None and not crash.after.done():
                 crash.after.cancel()
             self._on_exit(run_id)
+
+    async def _may_respawn(
+        self, run_id: str, restarts: collections.deque[float], reason: BaseException | str
+    ) -> bool:
+        """Count a restart; park the run and say no once the budget is spent."""
+        now = self._clock.monotonic()
+        restarts.append(now)
+        while restarts and restarts[0] <= now - self._budget.window:
+            restarts.popleft()
+        if len(restarts) > self._budget.max_restarts:
+            await self._park(
+                run_id,
+                f"restart budget exhausted: {len(restarts)} restarts in "
+                f"{self._budget.window:g}s; last cause: {_describe(reason)}",
+            )
+            return False
+        self.stats.respawned += 1
+        logger.warning(
+            "run.respawned", run_id=run_id, restarts=len(restarts), cause=_describe(reason)
+        )
+        return True
 
     def _runner_for(self, run_id: str, state: RunState, lock: asyncio.Lock) -> Runner:
         assert state.workflow is not None, f"run {run_id!r} has no RunStarted"
@@ -230,7 +242,9 @@ class Supervisor:
             logger.error("run.park_failed", run_id=run_id, reason=text, error=str(exc))
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "crash injected by aruntime.testing.crash_run"
-    return f"{type(exc).__name__}: {exc}"
+def _describe(cause: BaseException | str) -> str:
+    if isinstance(cause, str):
+        return cause
+    if isinstance(cause, asyncio.CancelledError):
+        return "CancelledError raised inside the run, although nothing cancelled it"
+    return f"{type(cause).__name__}: {cause}"

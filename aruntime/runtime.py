@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random as _random
 import uuid
 from collections.abc import Callable, Iterable
@@ -199,15 +200,17 @@ class Runtime:
 
     async def start(
         self,
-        workflow: Workflow[P, R],
+        workflow: Workflow[..., R],
         /,
-        *args: P.args,
-        **kwargs: P.kwargs,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
     ) -> RunHandle[R]:
-        """Start a run of `workflow`, or return the existing run with the same id.
+        """Start a run of `workflow` with `args` and `kwargs`, or find the existing one.
 
-        Pass `run_id="..."` (a keyword the workflow's own parameters cannot use) to name
-        the run; it is the run's idempotency key. Without it a random id is generated.
+        Args:
+            run_id: the run's name and idempotency key; a random id when None. Starting an
+                id again with the same workflow and arguments returns the existing run.
 
         Raises:
             InvalidRunIdError: the run id is unusable.
@@ -217,7 +220,6 @@ class Runtime:
         supervisor = self._require_supervisor()
         if not isinstance(workflow, Workflow):
             raise ConfigError(f"start() needs a @workflow, got {workflow!r}")
-        run_id = kwargs.pop("run_id", None)
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         if self._find_workflow(workflow.name) is not workflow:
             raise ConfigError(
@@ -237,21 +239,24 @@ class Runtime:
         supervisor.spawn(run_id, state)
         return RunHandle(self, run_id)
 
-    async def _existing(self, run_id: str, workflow: Workflow[P, R], encoded: str) -> RunHandle[R]:
+    async def _existing(
+        self, run_id: str, workflow: Workflow[..., R], encoded: str
+    ) -> RunHandle[R]:
         first = (await self.store.events_for(run_id))[:1]
         if not first or not isinstance(first[0], RunStarted):
             raise RunNotFoundError(run_id)
         started = first[0]
         if started.workflow != workflow.name:
             raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
-        if started.args != encoded and self._decoded(run_id, started.args) != self._decoded(
+        if started.args != encoded and self._canonical(run_id, started.args) != self._canonical(
             run_id, encoded
         ):
             raise RunIdConflictError(run_id, "with other arguments")
         return RunHandle(self, run_id)
 
-    def _decoded(self, run_id: str, text: str) -> Any:
-        return decode_args(self.serializer, run_id, text)
+    def _canonical(self, run_id: str, text: str) -> str:
+        """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
+        return json.dumps(decode_args(self.serializer, run_id, text), sort_keys=True)
 
     def handle(self, run_id: str) -> RunHandle[Any]:
         """A handle on an existing run (checked when used)."""

@@ -148,7 +148,7 @@ async def test_failed_run_logs_run_failed_with_error_type() -> None:
     (run_failed,) = named(logs, "run.failed")
     assert step_failed["final"] is True
     assert run_failed["run_id"] == "f"
-    assert run_failed["error_type"] == "aruntime.errors.NonRetryableError"
+    assert run_failed["error_type"] == "aruntime.NonRetryableError"
     assert run_failed["log_level"] == "warning"
     assert named(logs, "step.retry_scheduled") == []
 

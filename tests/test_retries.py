@@ -118,7 +118,7 @@ async def rejected_by_retry_if() -> None:
 
 
 ONE_SHOT: dict[str, tuple[Step[[], None], str]] = {
-    "NonRetryableError": (refuses, "aruntime.errors.NonRetryableError"),
+    "NonRetryableError": (refuses, "aruntime.NonRetryableError"),
     "non_retryable": (listed_non_retryable, "KeyError"),
     "retry_if": (rejected_by_retry_if, "ValueError"),
 }
@@ -260,7 +260,7 @@ async def test_workflow_may_catch_step_failed_error_and_continue() -> None:
         handle = await start(rt, catch_and_continue, run_id="c")
         result = await handle.result()
         state = await handle.state()
-    assert result == ["refuses", 1, 1, "aruntime.errors.NonRetryableError", "fallback"]
+    assert result == ["refuses", 1, 1, "aruntime.NonRetryableError", "fallback"]
     assert [s.status for s in state.steps.values()] == [StepStatus.FAILED, StepStatus.COMPLETED]
 
 
