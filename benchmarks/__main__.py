@@ -1,0 +1,456 @@
+"""`python -m benchmarks WORKLOAD`: run a workload, print a table and one JSON line.
+
+Examples (from the repository root)::
+
+    python -m benchmarks throughput                       # memory store, 1,000 x 10
+    python -m benchmarks throughput --store sqlite --compare dbos --chart tp.png
+    python -m benchmarks latency --store sqlite --chart latency.png
+    python -m benchmarks recovery --store sqlite
+    python -m benchmarks scale --n 100000
+    python -m benchmarks replay
+    python -m benchmarks all --store sqlite --json
+
+Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
+`--compare dbos` the repeats alternate between the systems (aruntime first on even
+repeats, the peer first on odd ones) after one untimed warm-up each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _recovery, _replay, _scale, report
+from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
+from benchmarks._dbos_side import DbosSide
+from benchmarks._harness import Progress, configure_logging, machine, note, spread
+from benchmarks.workloads import REPLAY, WORKLOADS, Workload
+
+NAMES = ("throughput", "latency", "recovery", "retry", "scale", "replay")
+CHARTED = ("throughput", "latency")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="aruntime's benchmark suite (see benchmarks/workloads.py for the workloads)",
+    )
+    parser.add_argument("workload", choices=(*NAMES, "all"))
+    parser.add_argument("--store", choices=("memory", "sqlite", "postgres"), default="memory")
+    parser.add_argument(
+        "--synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite durability for aruntime (default FULL, as in production)",
+    )
+    parser.add_argument("--n", type=int, help="runs (replay: the largest log, in events)")
+    parser.add_argument("--steps", type=int, help="steps per run")
+    parser.add_argument(
+        "--repeat", type=int, help="measurements per system (default 5; 3 for recovery and scale)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the replay log model")
+    parser.add_argument(
+        "--compare", choices=("dbos",), help="also run the workload on this peer, alternating"
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        help="write a PNG: throughput against concurrent runs, or the latency distribution",
+    )
+    parser.add_argument(
+        "--levels",
+        default="10,100,1000",
+        help="concurrent runs to chart throughput at (default 10,100,1000; --n is added)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON lines only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-warmup", action="store_true", help="no untimed warm-up run")
+    parser.add_argument(
+        "--log-file", default=os.devnull, help="where warnings of the systems go (default: nowhere)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where database files go (default: a temp dir)"
+    )
+    parser.add_argument("--postgres-url", help="the PostgreSQL URL for --store postgres (the peer)")
+    args = parser.parse_args(argv)
+    for name in ("n", "steps", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+class Suite:
+    """One invocation: the chosen store, the systems, and where their files go."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, argv: Sequence[str]) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.store = StoreSpec(kind=args.store, synchronous=args.synchronous)
+        self.aruntime = AruntimeSide(self.store, workdir)
+        self.peer = (
+            DbosSide(args.store, workdir, database_url=args.postgres_url)
+            if args.compare == "dbos"
+            else None
+        )
+        self.command = "python -m benchmarks " + shlex.join(argv)
+
+    # -- shared pieces ---------------------------------------------------------------
+
+    def sides(self) -> list[Any]:
+        return [self.aruntime] + ([self.peer] if self.peer is not None else [])
+
+    def config(self, workload: Workload | None, repeat: int) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"store": self.store.kind}
+        if self.store.kind == "sqlite":
+            cfg["synchronous"] = self.store.synchronous
+        if workload is not None:
+            cfg.update(
+                runs=workload.runs,
+                steps=workload.steps,
+                concurrency=workload.concurrency,
+                step_sleep=workload.step_sleep,
+                fail_attempts=workload.fail_attempts,
+            )
+            if workload.fail_attempts:
+                cfg["retry"] = {
+                    "max_attempts": workload.retry.max_attempts,
+                    "initial_delay": workload.retry.initial_delay,
+                    "backoff": workload.retry.backoff,
+                    "jitter": 0.0,
+                }
+        cfg.update(
+            repeat=repeat,
+            seed=self.args.seed,
+            warmup=not self.args.no_warmup,
+            machine=machine(),
+            command=self.command,
+        )
+        return cfg
+
+    def progress(self, label: str, total: int) -> Progress:
+        return Progress(label, total, enabled=not self.args.no_progress)
+
+    def chart_path(self, name: str, many: bool) -> Path | None:
+        path: Path | None = self.args.chart
+        if path is None:
+            return None
+        if path.is_dir():
+            return path / f"{name}.png"
+        if many:
+            return path.with_name(f"{path.stem}-{name}{path.suffix or '.png'}")
+        return path
+
+    def _store_of(self, side: Any) -> dict[str, Any]:
+        if side is self.aruntime:
+            return self.store.describe()
+        described: dict[str, Any] = side.describe()
+        return described
+
+    def emit(self, rep: dict[str, Any], figures: list[report.Figure]) -> None:
+        if not self.args.json:
+            print(report.render_table(rep, figures))
+            for line in rep.get("notes", []):
+                print(f"  note: {line}")
+        print(report.json_line(rep), flush=True)
+
+    # -- closed-loop workloads: throughput, latency, retry ----------------------------
+
+    def closed(self, name: str, many: bool) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS[name].resized(runs=args.n, steps=args.steps)
+        repeat = args.repeat or workload.default_repeat
+        sides = self.sides()
+        skipped = {s.name: s.unavailable() for s in sides}
+        active = [s for s in sides if skipped[s.name] is None]
+        levels = [workload.concurrency]
+        chart = self.chart_path(name, many) if name in CHARTED else None
+        if chart is not None and name == "throughput":
+            wanted = {int(x) for x in args.levels.split(",") if x.strip()}
+            levels = sorted({c for c in wanted if c <= workload.runs} | {workload.concurrency})
+        if not args.no_warmup:
+            small = workload.resized(runs=min(workload.runs, 20))
+            for side in active:
+                asyncio.run(side.closed_loop(small, None))
+        results: dict[str, dict[int, list[LoopResult]]] = {s.name: {} for s in active}
+        total = len(levels) * repeat * len(active) * workload.runs
+        with self.progress(name, total) as progress:
+            for level in levels:
+                w = replace(workload, concurrency=level)
+                for r in range(repeat):
+                    for side in active if r % 2 == 0 else active[::-1]:
+                        result = asyncio.run(side.closed_loop(w, progress))
+                        results[side.name].setdefault(level, []).append(result)
+        blocks: dict[str, dict[str, Any]] = {}
+        for side in sides:
+            reason = skipped[side.name]
+            if reason is not None:
+                blocks[side.name] = {"skipped": reason}
+                continue
+            repeats = [
+                report.loop_figures(workload, res)
+                for res in results[side.name][workload.concurrency]
+            ]
+            blocks[side.name] = report.side_block(side.version(), self._store_of(side), repeats)
+            if chart is not None and name == "throughput":
+                blocks[side.name]["steps_per_s_by_concurrency"] = {
+                    str(level): spread([res.steps / res.elapsed for res in runs])
+                    for level, runs in results[side.name].items()
+                }
+        rep = self._report(
+            name, workload=workload, repeat=repeat, blocks=blocks, figures=report.FIGURES[name]
+        )
+        wrong = {
+            n: b["figures"]["wrong_results"]["max"]
+            for n, b in blocks.items()
+            if "figures" in b and b["figures"].get("wrong_results", {}).get("max")
+        }
+        if wrong:
+            rep["notes"].append(f"runs with a wrong result: {wrong}")
+        if chart is not None:
+            self._chart(name, chart, rep, results, workload)
+        return rep
+
+    def _chart(
+        self,
+        name: str,
+        path: Path,
+        rep: dict[str, Any],
+        results: dict[str, dict[int, list[LoopResult]]],
+        workload: Workload,
+    ) -> None:
+        cfg = rep["config"]
+        store = cfg["store"] + (f" ({cfg['synchronous']})" if cfg.get("synchronous") else "")
+        if name == "throughput":
+            points = {
+                side: {
+                    level: spread([r.steps / r.elapsed for r in runs]) for level, runs in by.items()
+                }
+                for side, by in results.items()
+            }
+            title = (
+                f"throughput, {workload.runs:,} runs x {workload.steps} trivial steps per point, "
+                f"store {store}, {cfg['repeat']} repeats, {cfg['machine']['cores']} cores"
+            )
+            problem = report.chart_throughput(points, path, title)
+        else:
+            samples = {
+                side: [x for r in by[workload.concurrency] for x in r.probe.step_latencies]
+                for side, by in results.items()
+            }
+            title = (
+                f"per-step latency, one run at a time, {workload.runs:,} runs x {workload.steps} "
+                f"steps x {cfg['repeat']} repeats, store {store}"
+            )
+            problem = report.chart_latency(samples, path, title)
+        if problem is None:
+            rep["chart"] = str(path)
+            note(f"chart written: {path}")
+        else:
+            rep["notes"].append(problem)
+            note(problem)
+
+    def _report(
+        self,
+        name: str,
+        *,
+        workload: Workload | None,
+        repeat: int,
+        blocks: dict[str, dict[str, Any]],
+        figures: list[report.Figure],
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "workload": name,
+            "description": description or (workload.description if workload else ""),
+            "config": self.config(workload, repeat),
+            "sides": blocks,
+            "ratio": report.ratios(figures, blocks),
+            "targets": report.target_block(name, self.store.kind, blocks),
+            "notes": [],
+        }
+
+    # -- scale ------------------------------------------------------------------------
+
+    def scale(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["scale"].resized(runs=args.n)
+        repeat = args.repeat or workload.default_repeat
+        sides = self.sides()
+        skipped = {s.name: s.unavailable() for s in sides}
+        active = [s for s in sides if skipped[s.name] is None]
+        plain: dict[str, list[Any]] = {s.name: [] for s in active}
+        traced: dict[str, Any] = {}
+        for r in range(repeat):
+            for side in active if r % 2 == 0 else active[::-1]:
+                plain[side.name].append(
+                    _scale.measure(
+                        side.name,
+                        self.store,
+                        workload.runs,
+                        trace=False,
+                        workdir=self.workdir / f"scale-{side.name}-{r}",
+                    )
+                )
+        for side in active:
+            traced[side.name] = _scale.measure(
+                side.name,
+                self.store,
+                workload.runs,
+                trace=True,
+                workdir=self.workdir / f"scale-{side.name}-traced",
+            )
+        blocks: dict[str, dict[str, Any]] = {}
+        for side in sides:
+            reason = skipped[side.name]
+            if reason is not None:
+                blocks[side.name] = {"skipped": reason}
+                continue
+            repeats = [report.scale_figures(res, None) for res in plain[side.name]]
+            extra = report.scale_figures(traced[side.name], traced[side.name])
+            for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
+                if key in extra and repeats:
+                    repeats[0][key] = extra[key]
+            blocks[side.name] = report.side_block(side.version(), self._store_of(side), repeats)
+        rep = self._report(
+            "scale",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["scale"],
+        )
+        rep["notes"].append(
+            "RSS: resident memory after the runs suspended minus before they started, per run, "
+            "one fresh process per repeat; traced: tracemalloc in one extra process per system"
+        )
+        if self.store.kind == "memory":
+            rep["notes"].append("the memory store keeps every log in memory: counted per run")
+        return rep
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def recovery(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["recovery"].resized(runs=args.n, steps=args.steps)
+        repeat = args.repeat or workload.default_repeat
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable()
+        if reason is None and self.store.kind != "sqlite":
+            reason = "skipped: recovery needs a durable store (use --store sqlite)"
+        if reason is not None:
+            blocks["aruntime"] = {"skipped": reason}
+        else:
+            repeats: list[dict[str, float]] = []
+            violations: list[str] = []
+            with self.progress("recovery", 2 * repeat) as progress:
+                for r in range(repeat):
+                    figures = _recovery.measure(
+                        workload, self.store, self.workdir / f"recovery-{r}", progress=progress
+                    )
+                    violations += figures.pop("violations")
+                    figures["exactly_once"] = float(figures["exactly_once"])
+                    repeats.append(figures)
+            blocks["aruntime"] = report.side_block(
+                self.aruntime.version(), self.store.describe(), repeats
+            )
+            blocks["aruntime"]["violations"] = violations[:10]
+        if self.peer is not None:
+            blocks[self.peer.name] = {
+                "skipped": self.peer.unavailable()
+                or "skipped: no DBOS adapter for the recovery workload yet (aruntime only)"
+            }
+        return self._report(
+            "recovery",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["recovery"],
+        )
+
+    # -- replay -----------------------------------------------------------------------
+
+    def replay(self) -> tuple[dict[str, Any], list[report.Figure]]:
+        args = self.args
+        spec = REPLAY.with_max(args.n) if args.n else REPLAY
+        repeat = args.repeat or spec.default_repeat
+        load = self.store.kind == "sqlite" and self.aruntime.unavailable() is None
+        figures = report.replay_figures(spec.sizes, load=load)
+        repeats: list[dict[str, float]] = []
+        with self.progress("replay", repeat * len(spec.sizes)) as progress:
+            for r in range(repeat):
+                values: dict[str, float] = {}
+                for size in spec.sizes:
+                    rate, _ = _replay.measure_fold(spec, size, args.seed)
+                    values[f"fold_{size}_events_per_s"] = rate
+                    if load:
+                        directory = self.workdir / f"replay-{r}-{size}"
+                        directory.mkdir(parents=True, exist_ok=True)
+                        values[f"load_{size}_events_per_s"] = _replay.measure_load(
+                            self.store, directory, size, args.seed
+                        )
+                    progress.update()
+                repeats.append(values)
+        blocks: dict[str, dict[str, Any]] = {
+            "aruntime": report.side_block(self.aruntime.version(), self.store.describe(), repeats)
+        }
+        if self.peer is not None:
+            blocks[self.peer.name] = {
+                "skipped": "skipped: replay measures aruntime's own fold; DBOS has no equivalent"
+            }
+        rep = self._report(
+            "replay",
+            workload=None,
+            repeat=repeat,
+            blocks=blocks,
+            figures=figures,
+            description=(
+                f"events/s folded by aruntime.replay on modelled logs of {spec.sizes[0]:,} to "
+                f"{spec.sizes[-1]:,} events ({spec.failure_rate:.0%} of attempts fail and retry)"
+            ),
+        )
+        rep["config"]["sizes"] = list(spec.sizes)
+        if load:
+            rep["notes"].append("read+fold: events_for() from SQLite (decode included) and replay")
+        return rep, figures
+
+    def run(self, name: str, many: bool) -> None:
+        if name in ("throughput", "latency", "retry"):
+            rep = self.closed(name, many)
+            figures = report.FIGURES[name]
+        elif name == "scale":
+            rep = self.scale()
+            figures = report.FIGURES[name]
+        elif name == "recovery":
+            rep = self.recovery()
+            figures = report.FIGURES[name]
+        else:
+            rep, figures = self.replay()
+        if self.args.chart is not None and name not in CHARTED and not many:
+            rep["notes"].append(f"no chart for the {name} workload (charts: throughput, latency)")
+        self.emit(rep, figures)
+
+
+def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
+    """Run the suite; `configure=False` leaves structlog alone (tests configure it)."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    if configure:
+        configure_logging(args.log_file)
+    names = NAMES if args.workload == "all" else (args.workload,)
+    with tempfile.TemporaryDirectory(prefix="aruntime-bench-", dir=args.workdir) as tmp:
+        suite = Suite(args, Path(tmp), raw)
+        for name in names:
+            suite.run(name, many=len(names) > 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""What every measurement shares: statistics, a progress bar, logging, the machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = [
+    "Progress",
+    "configure_logging",
+    "machine",
+    "percentile",
+    "rss_bytes",
+    "spread",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+_STREAMS: dict[str, TextIO] = {}
+
+
+def configure_logging(path: str = os.devnull) -> None:
+    """Configure structlog as an application would: WARNING and up, loggers cached.
+
+    aruntime logs every step at debug level; with a filtering bound logger those calls
+    are no-ops, and `cache_logger_on_first_use` keeps them from re-resolving the logger.
+    Warnings (a failed attempt, a retry scheduled) are rendered to `path`, which is
+    os.devnull by default: rendering is paid as a real application would pay it, but the
+    terminal is not flooded by the retry and scale workloads.
+    """
+    stream = _STREAMS.get(path)
+    if stream is None:
+        # Kept open for the life of the process, like any application's log file.
+        stream = _STREAMS[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0-100) of `values`, linearly interpolated."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and quartiles of one figure over the repeats."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "q1": None, "q3": None, "values": []}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "q1": percentile(vals, 25),
+        "q3": percentile(vals, 75),
+        "values": vals,
+    }
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (Linux), or 0 when it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit or None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """How and where the benchmark ran."""
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(terse=True),
+        "commit": _git_commit(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+class Progress:
+    """A tiny progress bar on stderr, drawn only once a task has taken two seconds.
+
+    `update()` is cheap enough for the hot path: it reads the clock once per call and
+    redraws at most five times a second. Nothing is drawn when stderr is not a terminal
+    (unless `force`), so logs and pipes stay clean.
+    """
+
+    def __init__(
+        self, label: str, total: int, *, enabled: bool = True, force: bool = False
+    ) -> None:
+        self.label = label
+        self.total = max(1, total)
+        self.done = 0
+        self._enabled = enabled and (force or sys.stderr.isatty())
+        self._start = time.monotonic()
+        self._next_draw = self._start + 2.0
+        self._drawn = False
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._enabled:
+            now = time.monotonic()
+            if now >= self._next_draw:
+                self._next_draw = now + 0.2
+                self._draw(now)
+
+    def set(self, done: int) -> None:
+        self.update(done - self.done)
+
+    def _draw(self, now: float) -> None:
+        frac = min(1.0, self.done / self.total)
+        width = 30
+        filled = int(frac * width)
+        elapsed = now - self._start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(
+            f"\r{self.label:<28} [{bar}] {self.done:>9,}/{self.total:,} "
+            f"{elapsed:6.1f}s eta {eta:5.1f}s"
+        )
+        sys.stderr.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def note(message: str) -> None:
+    """A line for the person running the benchmark (stderr, so stdout stays data)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,205 @@
+"""The benchmark harness runs every workload end to end at tiny sizes.
+
+These tests show that `python -m benchmarks` works and reports what it measured; they
+never check a speed (the targets are the benchmark's business, not the tests').
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+# `benchmarks/` is a package at the repository root, beside `aruntime/` but not installed
+# with it; pytest puts only `tests/` on the path.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
+from benchmarks import _dbos_side, report  # noqa: E402
+
+STORES = ["memory", "sqlite"]
+
+
+def _sqlite_available() -> bool:
+    try:
+        import aruntime.store.sqlite  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+store_ids = pytest.mark.parametrize(
+    "store",
+    [
+        "memory",
+        pytest.param(
+            "sqlite",
+            marks=pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store"),
+        ),
+    ],
+)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    # The harness configures structlog as an application does; in tests it must leave
+    # the global configuration alone, so logs are captured instead.
+    with structlog.testing.capture_logs():
+        yield
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    """Run the suite in this process and return its one JSON line."""
+    assert cli.main([*argv, "--json", "--no-progress", "--no-warmup"], configure=False) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    parsed: dict[str, Any] = json.loads(lines[0])
+    return parsed
+
+
+def median(rep: dict[str, Any], key: str, side: str = "aruntime") -> float:
+    value: float = rep["sides"][side]["figures"][key]["median"]
+    return value
+
+
+@store_ids
+def test_throughput_reports_every_step_and_event(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """Throughput runs N x S steps and counts the events the store wrote."""
+    rep = run(capsys, "throughput", "--store", store, "--n", "20", "--steps", "3", "--repeat", "2")
+    assert rep["config"]["store"] == store
+    assert rep["config"]["repeat"] == 2
+    assert rep["sides"]["aruntime"]["repeats"] == 2
+    assert median(rep, "wrong_results") == 0
+    # RunStarted + 3 x (StepStarted, StepCompleted) + RunCompleted per run.
+    assert median(rep, "events") == 20 * 8
+    assert median(rep, "steps_per_s") > 0
+    assert "steps_per_s" in rep["targets"]
+
+
+@store_ids
+def test_latency_reports_percentiles(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """Latency times every step and every run, one run at a time."""
+    rep = run(capsys, "latency", "--store", store, "--n", "5", "--steps", "4", "--repeat", "1")
+    assert rep["config"]["concurrency"] == 1
+    assert 0 < median(rep, "step_p50_us") <= median(rep, "step_p99_us")
+    assert median(rep, "run_p50_ms") > 0
+
+
+def test_retry_counts_attempts_and_backoff(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every step fails twice then succeeds: three attempts each, two waits measured."""
+    rep = run(capsys, "retry", "--n", "4", "--steps", "2", "--repeat", "1")
+    assert median(rep, "attempts_made") == median(rep, "attempts_expected") == 4 * 2 * 3
+    assert median(rep, "policy_delay_1_ms") == pytest.approx(10.0)
+    assert median(rep, "policy_delay_2_ms") == pytest.approx(20.0)
+    assert median(rep, "waited_1_p50_ms") >= 10.0
+    assert median(rep, "wrong_results") == 0
+
+
+def test_replay_folds_modelled_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Replay reports events/s for logs from 10 events up to --n."""
+    rep = run(capsys, "replay", "--n", "1000", "--repeat", "1")
+    assert rep["config"]["sizes"] == [10, 100, 1000]
+    for size in (10, 100, 1000):
+        assert median(rep, f"fold_{size}_events_per_s") > 0
+
+
+def test_scale_measures_memory_of_suspended_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scale suspends every run on a long backoff and reports bytes per run."""
+    rep = run(capsys, "scale", "--n", "200", "--repeat", "1")
+    assert median(rep, "runs_suspended") == 200
+    assert "traced_bytes_per_run" in rep["sides"]["aruntime"]["figures"]
+
+
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_recovery_kills_resumes_and_checks_exactly_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A SIGKILLed worker's runs all finish in a fresh process, each step recorded once."""
+    rep = run(capsys, "recovery", "--store", "sqlite", "--n", "20", "--steps", "4", "--repeat", "1")
+    assert median(rep, "violation_count") == 0
+    assert median(rep, "exactly_once") == 1
+    assert median(rep, "runs_completed") == 20
+    assert median(rep, "resumed_s") <= median(rep, "finished_s")
+
+
+def test_recovery_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    """Recovery needs a durable store: on memory it says so instead of measuring."""
+    rep = run(capsys, "recovery", "--store", "memory", "--n", "5", "--repeat", "1")
+    assert rep["sides"]["aruntime"]["skipped"].startswith("skipped:")
+
+
+def test_missing_peer_is_reported_skipped_never_faked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dbos installed, --compare dbos reports the peer as skipped and no ratio."""
+    monkeypatch.setattr(_dbos_side, "_import_dbos", lambda: None)
+    rep = run(
+        capsys, "throughput", "--n", "5", "--steps", "2", "--repeat", "1", "--compare", "dbos"
+    )
+    assert rep["sides"]["dbos"] == {"skipped": _dbos_side.MISSING}
+    assert rep["ratio"] == {}
+
+
+def test_chart_without_matplotlib_is_skipped_with_a_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A missing matplotlib skips the chart with a note; the figures are still reported."""
+    monkeypatch.setattr(report, "_pyplot", lambda: None)
+    path = tmp_path / "tp.png"
+    rep = run(
+        capsys, "throughput", "--n", "10", "--steps", "2", "--repeat", "1", "--chart", str(path)
+    )
+    assert not path.exists()
+    assert report.MISSING_MATPLOTLIB in rep["notes"]
+    assert set(rep["sides"]["aruntime"]["steps_per_s_by_concurrency"]) == {"10"}
+
+
+def test_charts_are_written_as_png(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """With matplotlib, throughput and latency charts are PNG files."""
+    pytest.importorskip("matplotlib")
+    for workload in ("throughput", "latency"):
+        path = tmp_path / f"{workload}.png"
+        rep = run(
+            capsys,
+            workload,
+            "--n",
+            "12",
+            "--steps",
+            "2",
+            "--repeat",
+            "1",
+            "--levels",
+            "1,4",
+            "--chart",
+            str(path),
+        )
+        assert rep["chart"] == str(path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_shows_median_and_spread() -> None:
+    """The readable table prints each figure's median with its min and max."""
+    rep: dict[str, Any] = {
+        "workload": "throughput",
+        "description": "d",
+        "config": {"store": "memory", "repeat": 3, "seed": 0, "machine": {"cores": 2}},
+        "sides": {
+            "aruntime": report.side_block(
+                "0", {"store": "memory"}, [{"steps_per_s": v} for v in (1.0, 2.0, 3.0)]
+            ),
+            "dbos": {"skipped": "skipped: dbos not installed"},
+        },
+        "targets": {},
+    }
+    table = report.render_table(rep, report.FIGURES["throughput"])
+    assert "2 [1 .. 3]" in table
+    assert "skipped: dbos not installed" in table
