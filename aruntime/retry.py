@@ -64,15 +64,22 @@ class RetryPolicy:
         """The delay after failed attempt `attempt` (from 1), before jitter."""
         if attempt < 1:
             raise ConfigError(f"attempt counts from 1, got {attempt}")
-        if self.initial_delay == 0:
+        initial, cap = self.initial_delay, self.max_delay
+        if initial == 0 or cap == 0:
             return 0.0
-        # Compare in log space so that a huge attempt number cannot overflow.
+        if initial >= cap:
+            return float(cap)
+        if self.backoff == 1:
+            return float(initial)
+        # Compare exponents in log space, so that neither a huge attempt number nor a huge
+        # cap/initial ratio overflows; int > float compares exactly, however large the int.
         exponent = attempt - 1
-        if self.backoff > 1 and exponent * math.log(self.backoff) > math.log(
-            max(self.max_delay, 1e-300) / self.initial_delay
-        ):
-            return self.max_delay
-        return min(self.max_delay, self.initial_delay * self.backoff**exponent)
+        if exponent >= (math.log(cap) - math.log(initial)) / math.log(self.backoff):
+            return float(cap)
+        try:
+            return min(cap, initial * self.backoff**exponent)
+        except OverflowError:  # backoff**exponent alone too large, the product is not
+            return min(cap, math.exp(math.log(initial) + exponent * math.log(self.backoff)))
 
     def retryable(self, error: BaseException) -> bool:
         """Whether `error` may be retried at all, before counting attempts."""

@@ -133,7 +133,11 @@ def fold_into(state: RunState, events: Iterable[Event]) -> None:
                 state.run_id, getattr(event, "sequence", None), f"not an event: {event!r:.120}"
             )
         sequence = event.sequence
-        if sequence != version + 1:
+        if sequence != version + 1 or type(sequence) is not int:
+            if type(sequence) is not int:
+                raise CorruptLogError(
+                    state.run_id, None, f"sequence {sequence!r} of {type(event).__name__}"
+                )
             kind = "duplicate" if sequence <= version else "gap"
             raise CorruptLogError(
                 state.run_id,
@@ -174,7 +178,7 @@ def _require_started(state: RunState, event: Event) -> None:
 
 def _step_started(state: RunState, event: StepStarted) -> None:
     _require_started(state, event)
-    if event.position < 1:
+    if type(event.position) is not int or event.position < 1:
         raise CorruptLogError(state.run_id, event.sequence, f"step position {event.position} < 1")
     current = state.steps.get(event.position)
     if current is None:
