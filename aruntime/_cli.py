@@ -1,0 +1,360 @@
+"""The `aruntime` command: the demo, and a look at the runs in a database.
+
+    aruntime demo [--runs N] [--steps N] [--seed N] [--db PATH | --store memory]
+    aruntime runs list [--status running|completed|failed|parked] [--db PATH] [--json]
+    aruntime runs show RUN_ID [--db PATH] [--json]
+
+The command is an application, so it is where structlog gets configured (the library never
+does): warnings and errors go to stderr, `--verbose` adds the info events.
+
+Exit codes: 0 success; 1 a demo check failed, or no such run; 2 bad usage, or no usable
+database at `--db`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aruntime.errors import AruntimeError
+from aruntime.events import Event, StepFailed
+from aruntime.state import RunState, RunStatus, replay
+from aruntime.store import EventStore, RunInfo
+
+__all__ = ["configure_logging", "main", "run"]
+
+DEFAULT_DB = Path("aruntime-demo.db")
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_STATUSES = ("running", "completed", "failed", "parked")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `aruntime` command; returns its exit code."""
+    args = _parser().parse_args(argv)
+    configure_logging(logging.INFO if args.verbose else _quiet_level(args))
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader of our output went away (`aruntime runs list | head`): stop quietly,
+        # and keep the interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run one command without touching the logging configuration (for tests)."""
+    args = _parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+def configure_logging(level: int) -> None:
+    """Send structlog events at `level` and above to stderr, rendered for people."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _quiet_level(args: argparse.Namespace) -> int:
+    # The demo injects hundreds of failures on purpose, and the library reports each
+    # failed attempt and respawn as a warning; the summary counts them instead.
+    return logging.ERROR if args.handler is _demo else logging.WARNING
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aruntime", description="Durable execution for asyncio: demo and run inspection."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log info events too")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run many concurrent runs through faults and crashes, and check every promise",
+    )
+    demo.add_argument("--runs", type=_positive, default=200, help="runs per phase (200)")
+    demo.add_argument("--steps", type=_positive, default=5, help="steps per run (5)")
+    demo.add_argument("--seed", type=int, default=1, help="drives every fault and delay (1)")
+    demo.add_argument(
+        "--db", type=Path, default=DEFAULT_DB, help=f"SQLite file, made afresh ({DEFAULT_DB})"
+    )
+    demo.add_argument(
+        "--store",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="memory: no database file, no process-kill phase",
+    )
+    demo.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(handler=_demo)
+
+    runs = commands.add_parser("runs", help="inspect the runs in a database")
+    runs_commands = runs.add_subparsers(required=True, metavar="COMMAND")
+    listing = runs_commands.add_parser("list", parents=[common], help="list runs")
+    listing.add_argument("--status", choices=_STATUSES, help="only runs in this state")
+    show = runs_commands.add_parser("show", parents=[common], help="a run's state and history")
+    show.add_argument("run_id", metavar="RUN_ID")
+    for sub in (listing, show):
+        sub.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"({DEFAULT_DB})")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_runs_list)
+    show.set_defaults(handler=_runs_show)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _error(message: str) -> None:
+    print(f"aruntime: {message}", file=sys.stderr)
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from aruntime._demo import DemoOptions, fresh_database, run_demo  # noqa: PLC0415 - only here
+
+    db: Path | None = None
+    if args.store == "sqlite":
+        db = args.db.resolve()
+        if not args.child:
+            fresh_database(db)
+    options = DemoOptions(runs=args.runs, steps=args.steps, seed=args.seed, db=db)
+    return run_demo(dataclasses.replace(options, child=args.child))
+
+
+# -- runs list / show ----------------------------------------------------------------------
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    return _with_store(args.db, _list, args)
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    return _with_store(args.db, _show, args)
+
+
+def _with_store(path: Path, command: Any, args: argparse.Namespace) -> int:
+    if not path.is_file():
+        _error(f"no database at {path} (run `aruntime demo` to make one, or pass --db PATH)")
+        return EXIT_USAGE
+    return asyncio.run(_read_only(path, command, args))
+
+
+async def _read_only(path: Path, command: Any, args: argparse.Namespace) -> int:
+    from aruntime.store.sqlite import SqliteConfig, SqliteStore  # noqa: PLC0415 - loads sqlite3 on use
+
+    store = SqliteStore(path, SqliteConfig(read_only=True))
+    try:
+        await store.open()
+    except AruntimeError as exc:
+        _error(f"cannot read {path}: {exc}")
+        return EXIT_USAGE
+    try:
+        result: int = await command(store, args)
+        return result
+    finally:
+        await store.aclose()
+
+
+async def _list(store: EventStore, args: argparse.Namespace) -> int:
+    status = args.status
+    if status == "parked":
+        infos = await store.list_runs(parked=True)
+    elif status == "running":
+        infos = await store.list_runs(status=RunStatus.RUNNING, parked=False)
+    elif status is not None:
+        infos = await store.list_runs(status=RunStatus(status))
+    else:
+        infos = await store.list_runs()
+    if args.json:
+        print(json.dumps([_info_json(i) for i in infos], indent=2))
+        return 0
+    if not infos:
+        print("no runs" if status is None else f"no {status} runs")
+        return 0
+    rows = [
+        (
+            i.run_id,
+            i.workflow,
+            _status(i),
+            str(i.version),
+            _local(i.created_at),
+            _local(i.updated_at),
+        )
+        for i in infos
+    ]
+    _table(("RUN ID", "WORKFLOW", "STATUS", "EVENTS", "CREATED", "UPDATED"), rows)
+    return 0
+
+
+async def _show(store: EventStore, args: argparse.Namespace) -> int:
+    info = await store.get_run(args.run_id)
+    events = await store.events_for(args.run_id)
+    if info is None or not events:
+        _error(f"no run {args.run_id!r} in {args.db}")
+        return EXIT_FAILED
+    state = replay(events)
+    if args.json:
+        document = {
+            "run": _info_json(info),
+            "state": _state_json(state),
+            "events": [_event_json(e) for e in events],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    _print_state(info, state)
+    print()
+    print("history")
+    start = events[0].at
+    _table(
+        ("SEQ", "TIME", "EVENT", "DETAILS"),
+        [(str(e.sequence), f"+{e.at - start:.3f}s", type(e).__name__, _details(e)) for e in events],
+        indent="  ",
+    )
+    return 0
+
+
+def _print_state(info: RunInfo, state: RunState) -> None:
+    print(f"run       {info.run_id}")
+    print(f"workflow  {info.workflow}")
+    print(f"status    {_status(info)}")
+    if info.parked_reason is not None:
+        print(f"parked    {info.parked_reason}")
+    if state.result is not None:
+        print(f"result    {_cut(state.result)}")
+    if state.error_type is not None:
+        print(f"error     {state.error_type}: {state.error_message}")
+    if state.started_at is not None:
+        print(f"started   {_local(state.started_at)}")
+    if state.finished_at is not None and state.started_at is not None:
+        took = state.finished_at - state.started_at
+        print(f"finished  {_local(state.finished_at)} (after {took:.3f}s)")
+    print(f"events    {state.version}")
+    print()
+    print("steps")
+    rows = []
+    for s in sorted(state.steps.values(), key=lambda s: s.position):
+        outcome = s.result if s.result is not None else f"{s.error_type}: {s.error_message}"
+        if s.error_type is None and s.result is None:
+            outcome = ""
+        rows.append((str(s.position), s.step, s.status.value, str(s.attempts), _cut(outcome)))
+    _table(("POS", "STEP", "STATUS", "ATTEMPTS", "RESULT OR ERROR"), rows, indent="  ")
+
+
+def _details(event: Event) -> str:
+    fields = dataclasses.asdict(event)
+    parts = []
+    if "position" in fields:
+        parts.append(f"step {fields['position']} {fields['step']!r} attempt {fields['attempt']}")
+    if "workflow" in fields:
+        parts.append(f"workflow {fields['workflow']!r} args {_cut(fields['args'])}")
+    if "result" in fields:
+        parts.append(f"result {_cut(fields['result'])}")
+    if "error_type" in fields:
+        parts.append(f"{fields['error_type']}: {_cut(fields['error_message'])}")
+    if isinstance(event, StepFailed):
+        wait = (
+            "none: failed for good"
+            if event.retry_at is None
+            else f"{event.retry_at - event.at:.3f}s"
+        )
+        parts.append(f"retry wait {wait}")
+    return "; ".join(parts)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(indent + "  ".join(cells).rstrip())
+
+
+def _status(info: RunInfo) -> str:
+    return f"parked ({info.status.value})" if info.parked else info.status.value
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _local(at: float) -> str:
+    return datetime.fromtimestamp(at).astimezone().isoformat(sep=" ", timespec="milliseconds")
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _info_json(info: RunInfo) -> dict[str, Any]:
+    return {
+        "run_id": info.run_id,
+        "workflow": info.workflow,
+        "status": info.status.value,
+        "parked": info.parked,
+        "parked_reason": info.parked_reason,
+        "version": info.version,
+        "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
+    }
+
+
+def _state_json(state: RunState) -> dict[str, Any]:
+    steps = [
+        {
+            "position": s.position,
+            "step": s.step,
+            "status": s.status.value,
+            "attempts": s.attempts,
+            "result": s.result,
+            "error_type": s.error_type,
+            "error_message": s.error_message,
+            "retry_at": _iso(s.retry_at),
+            "started_at": _iso(s.started_at),
+            "finished_at": _iso(s.finished_at),
+        }
+        for s in sorted(state.steps.values(), key=lambda s: s.position)
+    ]
+    return {
+        "status": state.status.value,
+        "version": state.version,
+        "result": state.result,
+        "error_type": state.error_type,
+        "error_message": state.error_message,
+        "started_at": _iso(state.started_at),
+        "finished_at": _iso(state.finished_at),
+        "steps": steps,
+    }
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    fields = dataclasses.asdict(event)
+    document: dict[str, Any] = {"type": type(event).__name__, **fields, "at": _iso(event.at)}
+    if isinstance(event, StepFailed):
+        document["retry_at"] = _iso(event.retry_at)
+        document["retry_wait"] = None if event.retry_at is None else event.retry_at - event.at
+    return document

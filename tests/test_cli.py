@@ -1,0 +1,232 @@
+"""`aruntime runs list` and `aruntime runs show` on a small SQLite database made here.
+
+The commands are called through `aruntime._cli.run`, which leaves the structlog
+configuration alone; one test goes through `python -m aruntime` to cover the entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aruntime import NonRetryableError, RetryPolicy, Runtime, step, workflow
+from aruntime._cli import run
+from aruntime.events import RunStarted, StepStarted
+from aruntime.store.sqlite import SqliteStore
+
+attempts: dict[str, int] = {}
+
+
+@step(name="cli.greet")
+async def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@step(name="cli.charge", retry=RetryPolicy(max_attempts=3, initial_delay=0.25, jitter=0))
+async def charge(amount: int) -> int:
+    attempts["charge"] = attempts.get("charge", 0) + 1
+    if attempts["charge"] == 1:
+        raise TimeoutError("gateway timed out")
+    raise NonRetryableError("card declined")
+
+
+@workflow(name="cli.hello")
+async def hello(name: str) -> str:
+    return await greet(name)
+
+
+@workflow(name="cli.pay")
+async def pay(amount: int) -> int:
+    return await charge(amount)
+
+
+async def _make_database(path: Path) -> None:
+    async with Runtime(f"sqlite:///{path}", workflows=[hello, pay]) as rt:
+        done = await rt.start(hello, "ada", run_id="greeting")
+        failed = await rt.start(pay, 42, run_id="payment")
+        await done.result()
+        with pytest.raises(Exception, match="card declined"):
+            await failed.result()
+    async with SqliteStore(path) as store:
+        started = RunStarted(
+            sequence=1, at=1.0, run_id="stuck", workflow="cli.hello", args="[[],{}]"
+        )
+        first = StepStarted(sequence=2, at=2.0, position=1, step="cli.greet", attempt=1)
+        await store.append("stuck", (started, first), 0)
+        await store.park("stuck", "restart budget exhausted (made by the test)")
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with a completed run, a failed run (after a retry) and a parked run."""
+    path = tmp_path_factory.mktemp("cli") / "runs.db"
+    asyncio.run(_make_database(path))
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    code = run([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_runs_list_shows_every_run_with_its_status(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table has one row per run: id, workflow, status (parked included) and events."""
+    code, out, _ = cli(capsys, "runs", "list", "--db", db)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:4] == ["RUN", "ID", "WORKFLOW", "STATUS"]
+    cells = {row.split()[0]: row.split()[1:4] for row in rows}
+    assert cells == {
+        "greeting": ["cli.hello", "completed", "4"],
+        "payment": ["cli.pay", "failed", "6"],
+        "stuck": ["cli.hello", "parked", "(running)"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("completed", {"greeting"}), ("failed", {"payment"}), ("parked", {"stuck"})],
+    ids=["completed", "failed", "parked"],
+)
+def test_runs_list_filters_by_status(
+    db: Path, capsys: pytest.CaptureFixture[str], status: str, expected: set[str]
+) -> None:
+    """`--status` keeps the runs in that state only."""
+    code, out, _ = cli(capsys, "runs", "list", "--db", db, "--status", status)
+    assert code == 0
+    assert {row.split()[0] for row in out.splitlines()[1:]} == expected
+
+
+def test_runs_list_running_leaves_parked_runs_out(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parked run is not listed as running; with none left the command says so."""
+    code, out, _ = cli(capsys, "runs", "list", "--db", db, "--status", "running")
+    assert (code, out) == (0, "no running runs\n")
+
+
+def test_runs_list_json_is_machine_readable(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json` prints one object per run with the index's fields and ISO times."""
+    code, out, _ = cli(capsys, "runs", "list", "--db", db, "--json")
+    assert code == 0
+    runs = {r["run_id"]: r for r in json.loads(out)}
+    assert runs["stuck"]["parked"] is True
+    assert runs["stuck"]["parked_reason"] == "restart budget exhausted (made by the test)"
+    assert runs["payment"] | {"created_at": None, "updated_at": None} == {
+        "run_id": "payment",
+        "workflow": "cli.pay",
+        "status": "failed",
+        "parked": False,
+        "parked_reason": None,
+        "version": 6,
+        "created_at": None,
+        "updated_at": None,
+    }
+    assert runs["stuck"]["created_at"] == "1970-01-01T00:00:01+00:00"
+
+
+def test_runs_show_prints_state_steps_and_history(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state (status, error, steps with attempts) comes first, then every event."""
+    code, out, _ = cli(capsys, "runs", "show", "payment", "--db", db)
+    assert code == 0
+    state, history = out.split("\nhistory\n")
+    assert "status    failed" in state
+    assert "NonRetryableError: card declined" in state.split("\nerror ")[1].splitlines()[0]
+    step_row = next(line for line in state.splitlines() if "cli.charge" in line)
+    assert step_row.split()[:4] == ["1", "cli.charge", "failed", "2"]
+    rows = [line.split(maxsplit=3) for line in history.splitlines()[1:]]
+    assert [r[2] for r in rows] == [
+        "RunStarted",
+        "StepStarted",
+        "StepFailed",
+        "StepStarted",
+        "StepFailed",
+        "RunFailed",
+    ]
+    assert "TimeoutError: gateway timed out; retry wait 0.2" in rows[2][3]  # 0.25 s from failure
+    assert "retry wait none: failed for good" in rows[4][3]
+
+
+def test_runs_show_prints_a_completed_run_result(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A completed run shows its result, as the serializer wrote it."""
+    code, out, _ = cli(capsys, "runs", "show", "greeting", "--db", db)
+    assert code == 0
+    assert 'result    "hello ada"' in out
+
+
+def test_runs_show_json_has_state_and_events(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json` prints the index row, the replayed state and the events with retry waits."""
+    code, out, _ = cli(capsys, "runs", "show", "payment", "--db", db, "--json")
+    assert code == 0
+    document: dict[str, Any] = json.loads(out)
+    assert document["run"]["status"] == "failed"
+    assert document["state"]["steps"][0]["attempts"] == 2
+    assert document["state"]["error_message"] == "card declined"
+    events = document["events"]
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5, 6]
+    assert events[2]["type"] == "StepFailed"
+    assert events[2]["retry_wait"] == pytest.approx(0.25, abs=0.01)
+    assert events[4]["retry_wait"] is None
+
+
+def test_runs_show_unknown_run_exits_1(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An id the database does not hold is a clear error with exit code 1."""
+    code, out, err = cli(capsys, "runs", "show", "nobody", "--db", db)
+    assert (code, out) == (1, "")
+    assert "no run 'nobody'" in err
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "greeting"]], ids=["list", "show"])
+def test_missing_database_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """A --db that does not exist is reported, not created."""
+    missing = tmp_path / "none.db"
+    code, _, err = cli(capsys, "runs", *command, "--db", missing)
+    assert code == 2
+    assert f"no database at {missing}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_store_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not an aruntime database is a clear error, and stays untouched."""
+    path = tmp_path / "notes.db"
+    path.write_text("not a database")
+    code, _, err = cli(capsys, "runs", "list", "--db", path)
+    assert code == 2
+    assert f"cannot read {path}" in err
+    assert path.read_text() == "not a database"
+
+
+def test_python_dash_m_aruntime_runs_the_command(db: Path) -> None:
+    """`python -m aruntime` is the `aruntime` command, exit codes included."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "aruntime", "runs", "list", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "greeting" in listed.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "aruntime", "runs", "show", "nobody", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unknown.returncode == 1
