@@ -178,8 +178,7 @@ def _require_started(state: RunState, event: Event) -> None:
 
 def _step_started(state: RunState, event: StepStarted) -> None:
     _require_started(state, event)
-    if type(event.position) is not int or event.position < 1:
-        raise CorruptLogError(state.run_id, event.sequence, f"step position {event.position} < 1")
+    _check_counters(state, event)
     current = state.steps.get(event.position)
     if current is None:
         if event.attempt != 1:
@@ -217,6 +216,7 @@ def _step_started(state: RunState, event: StepStarted) -> None:
 
 def _running_step(state: RunState, event: StepCompleted | StepFailed) -> StepState:
     _require_started(state, event)
+    _check_counters(state, event)
     current = state.steps.get(event.position)
     if current is None:
         raise CorruptLogError(
@@ -234,6 +234,18 @@ def _running_step(state: RunState, event: StepCompleted | StepFailed) -> StepSta
             f"{current.status.value}",
         )
     return current
+
+
+def _check_counters(state: RunState, event: StepStarted | StepCompleted | StepFailed) -> None:
+    position, attempt = event.position, event.attempt
+    if type(position) is not int or position < 1:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"step position {position!r} is not an int >= 1"
+        )
+    if type(attempt) is not int or attempt < 1:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"attempt {attempt!r} is not an int >= 1"
+        )
 
 
 def _check_same_step(
