@@ -1,0 +1,345 @@
+"""The store contract: every backend keeps these promises (run with `-k memory`, `-k sqlite`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aruntime.errors import ConcurrencyError, CorruptLogError, RunNotFoundError
+from aruntime.events import (
+    Event,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+)
+from aruntime.state import RunStatus
+from aruntime.store import EventStore
+
+
+def started(run_id: str, at: float = 1.0, workflow: str = "flow") -> RunStarted:
+    return RunStarted(sequence=1, at=at, run_id=run_id, workflow=workflow, args="[[],{}]")
+
+
+def step(sequence: int, position: int = 1, at: float = 2.0) -> StepStarted:
+    return StepStarted(sequence=sequence, at=at, position=position, step="s", attempt=1)
+
+
+def every_event_type(run_id: str) -> list[Event]:
+    """A valid log that holds each event type but RunFailed, and every field's variants."""
+    return [
+        started(run_id),
+        StepStarted(sequence=2, at=2.5, position=1, step="charge", attempt=1),
+        StepFailed(
+            sequence=3,
+            at=3.25,
+            position=1,
+            step="charge",
+            attempt=1,
+            error_type="builtins.ValueError",
+            error_message="card declined",
+            retry_at=4.125,
+        ),
+        StepStarted(sequence=4, at=4.5, position=1, step="charge", attempt=2),
+        StepCompleted(
+            sequence=5, at=5.0, position=1, step="charge", attempt=2, result='{"ok":true}'
+        ),
+        StepStarted(sequence=6, at=6.0, position=2, step="ship", attempt=1),
+        StepFailed(
+            sequence=7,
+            at=7.0,
+            position=2,
+            step="ship",
+            attempt=1,
+            error_type="aruntime.NonRetryableError",
+            error_message="",
+            retry_at=None,
+        ),
+        RunCompleted(sequence=8, at=8.0, result="null"),
+    ]
+
+
+async def new_run(store: EventStore, run_id: str, steps: int = 0, at: float = 1.0) -> None:
+    """Start `run_id` and append `steps` StepStarted events, one append each."""
+    await store.append(run_id, [started(run_id, at=at)], 0)
+    for sequence in range(2, steps + 2):
+        await store.append(run_id, [step(sequence, position=sequence - 1)], sequence - 1)
+
+
+async def test_every_event_type_reads_back_field_for_field(store: EventStore) -> None:
+    """Each event type comes back equal, field for field, to what was appended."""
+    log = every_event_type("r")
+    failed: list[Event] = [
+        started("f"),
+        RunFailed(sequence=2, at=9.5, error_type="E", error_message="m"),
+    ]
+    await store.append("r", log, 0)
+    await store.append("f", failed, 0)
+    assert await store.events_for("r") == log
+    assert await store.events_for("f") == failed
+    assert [type(e) for e in await store.events_for("r")] == [type(e) for e in log]
+
+
+async def test_sequences_stay_dense_over_many_appends(store: EventStore) -> None:
+    """A log appended in many batches reads back numbered 1, 2, 3, ... without gaps."""
+    await new_run(store, "r", steps=5)
+    await store.append("r", [step(7, position=6), step(8, position=7)], 6)
+    assert [e.sequence for e in await store.events_for("r")] == list(range(1, 9))
+
+
+async def test_events_for_after_returns_only_later_events(store: EventStore) -> None:
+    """`after=n` returns the events with sequence above n, and nothing past the end."""
+    await new_run(store, "r", steps=4)
+    assert [e.sequence for e in await store.events_for("r", after=2)] == [3, 4, 5]
+    assert await store.events_for("r", after=5) == []
+
+
+async def test_events_for_unknown_run_is_empty(store: EventStore) -> None:
+    """Reading a run that does not exist gives an empty list."""
+    assert await store.events_for("nobody") == []
+
+
+async def test_stale_expected_sequence_appends_nothing(store: EventStore) -> None:
+    """An append expecting an older end of log raises ConcurrencyError and writes nothing."""
+    await new_run(store, "r", steps=2)
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("r", [step(3, position=3)], 2)
+    assert (caught.value.run_id, caught.value.expected, caught.value.actual) == ("r", 2, 3)
+    assert len(await store.events_for("r")) == 3
+    info = await store.get_run("r")
+    assert info is not None
+    assert info.version == 3
+
+
+async def test_expected_sequence_past_the_end_is_stale(store: EventStore) -> None:
+    """An append expecting a longer log than there is raises ConcurrencyError."""
+    await new_run(store, "r")
+    with pytest.raises(ConcurrencyError):
+        await store.append("r", [step(6)], 5)
+    assert len(await store.events_for("r")) == 1
+
+
+async def test_starting_an_existing_run_again_is_stale(store: EventStore) -> None:
+    """A second log start for a run id that exists raises ConcurrencyError."""
+    await new_run(store, "r", steps=1)
+    with pytest.raises(ConcurrencyError):
+        await store.append("r", [started("r", workflow="other")], 0)
+    info = await store.get_run("r")
+    assert info is not None
+    assert info.workflow == "flow"
+
+
+async def test_batch_numbered_out_of_order_is_corrupt(store: EventStore) -> None:
+    """A batch whose sequences do not follow the expected one raises CorruptLogError."""
+    await new_run(store, "r")
+    with pytest.raises(CorruptLogError):
+        await store.append("r", [step(2), step(4, position=2)], 1)
+    assert len(await store.events_for("r")) == 1
+
+
+async def test_log_not_beginning_with_run_started_is_corrupt(store: EventStore) -> None:
+    """A new log that starts with anything but RunStarted raises CorruptLogError."""
+    with pytest.raises(CorruptLogError):
+        await store.append("r", [step(1)], 0)
+    assert await store.get_run("r") is None
+
+
+async def test_run_started_for_another_run_id_is_corrupt(store: EventStore) -> None:
+    """A RunStarted naming another run than the one appended to raises CorruptLogError."""
+    with pytest.raises(CorruptLogError):
+        await store.append("r", [started("s")], 0)
+    assert await store.events_for("r") == []
+
+
+async def test_empty_batch_is_corrupt(store: EventStore) -> None:
+    """Appending no events raises CorruptLogError."""
+    await new_run(store, "r")
+    with pytest.raises(CorruptLogError):
+        await store.append("r", [], 1)
+
+
+async def test_multi_event_batch_lands_whole(store: EventStore) -> None:
+    """All events of one append are in the log, and the index version is the last one."""
+    batch: list[Event] = [started("r"), step(2), step(3, position=2), step(4, position=3)]
+    await store.append("r", batch, 0)
+    assert await store.events_for("r") == batch
+    info = await store.get_run("r")
+    assert info is not None
+    assert info.version == 4
+
+
+async def test_index_row_describes_a_new_run(store: EventStore) -> None:
+    """After RunStarted the index names the workflow, is running, at version 1."""
+    await store.append("r", [started("r", at=10.0, workflow="billing")], 0)
+    info = await store.get_run("r")
+    assert info is not None
+    assert (info.run_id, info.workflow, info.status, info.version) == (
+        "r",
+        "billing",
+        RunStatus.RUNNING,
+        1,
+    )
+    assert (info.created_at, info.updated_at, info.parked) == (10.0, 10.0, False)
+
+
+async def test_index_follows_version_and_update_time(store: EventStore) -> None:
+    """Each append moves the index to the last event's sequence and time."""
+    await new_run(store, "r", at=1.0)
+    await store.append("r", [step(2, at=7.5)], 1)
+    info = await store.get_run("r")
+    assert info is not None
+    assert (info.version, info.created_at, info.updated_at) == (2, 1.0, 7.5)
+
+
+async def test_index_status_becomes_completed(store: EventStore) -> None:
+    """RunCompleted makes the index status completed."""
+    await new_run(store, "r", steps=1)
+    await store.append("r", [RunCompleted(sequence=3, at=3.0, result="1")], 2)
+    info = await store.get_run("r")
+    assert info is not None
+    assert (info.status, info.version) == (RunStatus.COMPLETED, 3)
+
+
+async def test_index_status_becomes_failed(store: EventStore) -> None:
+    """RunFailed makes the index status failed."""
+    await new_run(store, "r")
+    await store.append("r", [RunFailed(sequence=2, at=2.0, error_type="E", error_message="")], 1)
+    info = await store.get_run("r")
+    assert info is not None
+    assert info.status is RunStatus.FAILED
+
+
+async def test_get_run_of_unknown_run_is_none(store: EventStore) -> None:
+    """The index has no row for a run that was never started."""
+    assert await store.get_run("nobody") is None
+
+
+async def test_list_runs_filters_by_status(store: EventStore) -> None:
+    """`status=` keeps only the runs whose log ends in that status."""
+    await new_run(store, "a", at=1.0)
+    await new_run(store, "b", at=2.0)
+    await new_run(store, "c", at=3.0)
+    await store.append("b", [RunCompleted(sequence=2, at=4.0, result="1")], 1)
+    running = await store.list_runs(status=RunStatus.RUNNING)
+    completed = await store.list_runs(status=RunStatus.COMPLETED)
+    assert [info.run_id for info in running] == ["a", "c"]
+    assert [info.run_id for info in completed] == ["b"]
+    assert await store.list_runs(status=RunStatus.FAILED) == []
+
+
+async def test_list_runs_filters_by_parked(store: EventStore) -> None:
+    """`parked=` keeps only the parked runs, or only the others."""
+    for at, run_id in enumerate("abc"):
+        await new_run(store, run_id, at=float(at))
+    await store.park("b", "restart budget exhausted")
+    assert [info.run_id for info in await store.list_runs(parked=True)] == ["b"]
+    assert [info.run_id for info in await store.list_runs(parked=False)] == ["a", "c"]
+    filtered = await store.list_runs(status=RunStatus.RUNNING, parked=False)
+    assert [info.run_id for info in filtered] == ["a", "c"]
+
+
+async def test_list_runs_returns_oldest_first_up_to_limit(store: EventStore) -> None:
+    """`limit=` keeps the first runs in creation order."""
+    for at, run_id in enumerate(["d", "b", "c", "a"]):
+        await new_run(store, run_id, at=float(at))
+    assert [info.run_id for info in await store.list_runs()] == ["d", "b", "c", "a"]
+    assert [info.run_id for info in await store.list_runs(limit=2)] == ["d", "b"]
+    assert await store.list_runs(limit=0) == []
+
+
+async def test_park_and_unpark_touch_the_index_only(store: EventStore) -> None:
+    """Parking sets and unparking clears the reason; the log and version stay as they were."""
+    await new_run(store, "r", steps=2)
+    before = await store.events_for("r")
+    await store.park("r", "NonDeterminismError at position 2")
+    parked = await store.get_run("r")
+    assert parked is not None
+    assert (parked.parked_reason, parked.version) == ("NonDeterminismError at position 2", 3)
+    assert await store.events_for("r") == before
+    await store.unpark("r")
+    unparked = await store.get_run("r")
+    assert unparked is not None
+    assert (unparked.parked, unparked.version) == (False, 3)
+
+
+async def test_parked_reason_survives_later_appends(store: EventStore) -> None:
+    """An append to a parked run leaves the parked reason alone."""
+    await new_run(store, "r")
+    await store.park("r", "why")
+    await store.append("r", [step(2)], 1)
+    info = await store.get_run("r")
+    assert info is not None
+    assert (info.parked_reason, info.version) == ("why", 2)
+
+
+async def test_park_of_unknown_run_raises_run_not_found(store: EventStore) -> None:
+    """Parking a run that does not exist raises RunNotFoundError."""
+    with pytest.raises(RunNotFoundError):
+        await store.park("nobody", "why")
+
+
+async def test_unpark_of_unknown_run_raises_run_not_found(store: EventStore) -> None:
+    """Unparking a run that does not exist raises RunNotFoundError."""
+    with pytest.raises(RunNotFoundError):
+        await store.unpark("nobody")
+
+
+async def test_concurrent_appenders_to_many_runs_all_land(store: EventStore) -> None:
+    """Many tasks appending to their own runs at once all get complete, dense logs."""
+    runs, steps = 60, 8
+    await asyncio.gather(*(new_run(store, f"run-{i}", steps=steps) for i in range(runs)))
+    for i in range(runs):
+        log = await store.events_for(f"run-{i}")
+        assert [e.sequence for e in log] == list(range(1, steps + 2))
+    assert len(await store.list_runs()) == runs
+
+
+async def test_same_expected_sequence_from_two_writers_lets_one_win(store: EventStore) -> None:
+    """Two concurrent appends expecting the same end of log: one lands, one is stale."""
+    await new_run(store, "r")
+    first = StepStarted(sequence=2, at=2.0, position=1, step="first", attempt=1)
+    second = StepStarted(sequence=2, at=2.0, position=1, step="second", attempt=1)
+    outcomes = await asyncio.gather(
+        store.append("r", [first], 1), store.append("r", [second], 1), return_exceptions=True
+    )
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], ConcurrencyError)
+    winner = first if outcomes[0] is None else second
+    assert (await store.events_for("r"))[1:] == [winner]
+
+
+async def test_unicode_text_round_trips(store: EventStore) -> None:
+    """Non-ASCII run ids and payloads, a NUL and a lone surrogate, read back unchanged."""
+    run_id = "заказ/42 🚀 'x'; DROP TABLE events;--"
+    log: list[Event] = [
+        RunStarted(sequence=1, at=1.0, run_id=run_id, workflow="流程", args='["é\\u0000"]'),
+        StepStarted(sequence=2, at=2.0, position=1, step="stęp\x00", attempt=1),
+        StepFailed(
+            sequence=3,
+            at=3.0,
+            position=1,
+            step="stęp\x00",
+            attempt=1,
+            error_type="OSError",
+            error_message="no such file: b'\udcff.txt' 💥",
+            retry_at=None,
+        ),
+    ]
+    await store.append(run_id, log, 0)
+    assert await store.events_for(run_id) == log
+    info = await store.get_run(run_id)
+    assert info is not None
+    assert info.workflow == "流程"
+
+
+async def test_large_payload_round_trips(store: EventStore) -> None:
+    """A result of several megabytes reads back unchanged."""
+    result = '"' + "x" * 3_000_000 + '"'
+    await new_run(store, "r", steps=1)
+    completed = StepCompleted(sequence=3, at=3.0, position=1, step="s", attempt=1, result=result)
+    await store.append("r", [completed], 2)
+    assert (await store.events_for("r", after=2)) == [completed]
