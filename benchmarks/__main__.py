@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -136,6 +137,16 @@ class Suite:
         )
         return cfg
 
+    def settle(self) -> None:
+        """Let the disk write back what the last measurement left dirty, off the clock.
+
+        Without it, a measurement on a durable store can pay for its predecessor's
+        write-back (the other system's, when comparing) in slower fsyncs.
+        """
+        if self.store.kind != "memory":
+            os.sync()
+            time.sleep(0.2)
+
     def progress(self, label: str, total: int) -> Progress:
         return Progress(label, total, enabled=not self.args.no_progress)
 
@@ -189,6 +200,7 @@ class Suite:
                     for side in active if r % 2 == 0 else active[::-1]:
                         result = asyncio.run(side.closed_loop(w, progress))
                         results[side.name].setdefault(level, []).append(result)
+                        self.settle()
         blocks: dict[str, dict[str, Any]] = {}
         for side in sides:
             reason = skipped[side.name]

@@ -246,7 +246,11 @@ def target_block(
     block: dict[str, dict[str, Any]] = {}
     for key, (op, value) in targets(workload, store).items():
         median = ours.get(key, {}).get("median")
-        block[key] = {"target": f"{op} {value:g}", "median": median, "met": _met(op, value, median)}
+        block[key] = {
+            "target": f"{op} {value:,g}",
+            "median": median,
+            "met": _met(op, value, median),
+        }
     return block
 
 
