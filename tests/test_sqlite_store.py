@@ -25,7 +25,8 @@ from aruntime.errors import (
     StoreReadOnlyError,
     StoreVersionError,
 )
-from aruntime.events import Event, RunStarted, StepCompleted, StepStarted
+from aruntime.events import Event, RunCompleted, RunStarted, StepCompleted, StepStarted
+from aruntime.state import RunStatus
 from aruntime.store import _sqlite_schema, open_store
 from aruntime.store.sqlite import SqliteConfig, SqliteStore
 
@@ -454,22 +455,57 @@ async def test_stale_append_fails_alone_in_its_batch(path: Path) -> None:
         assert len(await store.list_runs()) == 21
 
 
-async def test_row_written_behind_the_stores_back_fails_only_that_append(path: Path) -> None:
-    """If another tool appended to a run, the unique key refuses the stale append alone."""
+@pytest.mark.parametrize(
+    ("index_too", "error"), [(True, ConcurrencyError), (False, StoreCorruptError)]
+)
+async def test_row_written_behind_the_stores_back_fails_only_that_append(
+    path: Path, index_too: bool, error: type[Exception]
+) -> None:
+    """If another tool appended to a run, the unique key refuses that append alone."""
     async with SqliteStore(path) as store:
         await store.append("r", log("r", 1), 0)
         await store.append("other", log("other", 1), 0)
         with raw(path) as conn:
             conn.execute(
-                "INSERT INTO events (run_id, sequence, type, at, data) "
-                'VALUES (\'r\', 2, \'StepStarted\', 2.0, \'{"position":1,"step":"s","attempt":1}\')'
+                "INSERT INTO events (run_id, sequence, type, at, data) VALUES "
+                '(\'r\', 2, \'StepStarted\', 2.0, \'{"position":1,"step":"s","attempt":1}\')'
             )
-            conn.execute("UPDATE runs SET version = 2 WHERE run_id = 'r'")
-        with pytest.raises(ConcurrencyError) as caught:
-            await store.append("r", [step(2)], 1)
-        assert (caught.value.expected, caught.value.actual) == (1, 2)
-        await store.append("other", [step(2)], 1)
-        assert len(await store.events_for("other")) == 2
+            if index_too:
+                conn.execute("UPDATE runs SET version = 2 WHERE run_id = 'r'")
+        async with writer_paused(store):
+            stale = asyncio.create_task(store.append("r", [step(2)], 1))
+            good = asyncio.create_task(store.append("other", [step(2)], 1))
+            await asyncio.sleep(0)
+        with pytest.raises(error, match="'r'"):
+            await stale
+        await good
+        assert await store.events_for("other") == log("other", 2)
+
+
+async def test_consecutive_appends_to_one_run_in_one_batch_all_land(path: Path) -> None:
+    """Appends to one run committed together leave the index at the last one's state."""
+    async with SqliteStore(path) as store:
+        async with writer_paused(store):
+            appends = [
+                asyncio.create_task(store.append("r", log("r", 1), 0)),
+                asyncio.create_task(store.append("r", [step(2)], 1)),
+                asyncio.create_task(
+                    store.append("r", [RunCompleted(sequence=3, at=3.5, result="1")], 2)
+                ),
+                asyncio.create_task(store.append("r", [step(3)], 2)),
+            ]
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+        assert outcomes[:3] == [None, None, None]
+        assert isinstance(outcomes[3], ConcurrencyError)
+        info = await store.get_run("r")
+        assert info is not None
+        assert (info.status, info.version, info.created_at, info.updated_at) == (
+            RunStatus.COMPLETED,
+            3,
+            1.0,
+            3.5,
+        )
 
 
 async def test_appends_queued_before_close_are_committed(path: Path) -> None:

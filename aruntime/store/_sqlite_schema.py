@@ -65,6 +65,7 @@ __all__ = [
     "map_error",
     "map_errors",
     "migrate",
+    "park_run",
     "pragmas",
     "read_events",
     "read_run",

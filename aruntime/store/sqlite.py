@@ -10,6 +10,8 @@ all in one `BEGIN IMMEDIATE ... COMMIT` (one fsync at `synchronous=FULL`), and o
 settles every future of the batch, with one `call_soon_threadsafe` for the whole batch.
 There is no waiting for company: a lone append is committed as soon as the thread wakes,
 and appends that arrive during a commit form the next batch, so batches grow with load.
+Rows go in through multi-row VALUES statements, so a batch of a thousand appends is a
+handful of statements, and the writer rarely gives up the GIL halfway through a batch.
 
 An append is acknowledged only after the commit that holds it. If the transaction fails
 (disk full, I/O error), every job of the batch gets the typed error and nothing of the
@@ -23,7 +25,7 @@ append's `expected_sequence` against it before writing: a stale append fails alo
 `ConcurrencyError` and the rest of the batch commits. The cache is authoritative because
 the store holds an exclusive lock on the file while open for writing, so no other aruntime
 writes behind its back. A run enters the cache on first use (one indexed lookup) and
-leaves it when it ends. The (run_id, sequence) primary key stays the backstop: if SQLite
+leaves it when it ends. The unique (run_id, sequence) key stays the backstop: if SQLite
 refuses a row anyway (someone wrote with another tool), the writer forgets its cache and
 redoes the batch with one SAVEPOINT per append, so that only the culprit fails.
 
@@ -479,8 +481,10 @@ class _Reader(_Thread):
             outcome: object
             try:
                 outcome = job.fn(conn, *job.args)
-            except Exception as exc:  # handed to the waiter, never lost on this thread
+            except (sqlite3.Error, OSError) as exc:
                 outcome = schema.map_error(exc, self.path, job.run_id)
+            except Exception as exc:  # handed to the waiter, never lost on this thread
+                outcome = exc
             self._call_on_loop(_settle, (job,), (outcome,))
 
     def teardown(self) -> None:
@@ -559,8 +563,6 @@ class _Writer(_Thread):
     def _write(self, jobs: list[_Job]) -> list[object]:
         """Commit `jobs` in one transaction; the outcome of each (None, a value or an error)."""
         try:
-            if self._conn is None:
-                self._conn = self._connect()
             try:
                 outcomes = self._transaction(jobs, self._apply_batch)
             except _ROW_ERRORS:
@@ -585,8 +587,9 @@ class _Writer(_Thread):
     def _transaction(
         self, jobs: list[_Job], apply: Callable[[sqlite3.Connection, list[_Job]], list[object]]
     ) -> list[object]:
+        if self._conn is None:  # discarded after an error that may have damaged it
+            self._conn = self._connect()
         conn = self._conn
-        assert conn is not None
         self._ended.clear()
         conn.execute("BEGIN IMMEDIATE")
         try:
