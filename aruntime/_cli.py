@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -141,10 +144,17 @@ def _demo(args: argparse.Namespace) -> int:
     db: Path | None = None
     if args.store == "sqlite":
         db = args.db.resolve()
+        if not db.parent.is_dir():
+            _error(f"no directory {db.parent} for the demo's database")
+            return EXIT_USAGE
         if not args.child:
             fresh_database(db)
-    options = DemoOptions(runs=args.runs, steps=args.steps, seed=args.seed, db=db)
-    return run_demo(dataclasses.replace(options, child=args.child))
+    options = DemoOptions(runs=args.runs, steps=args.steps, seed=args.seed, db=db, child=args.child)
+    try:
+        return run_demo(options)
+    except AruntimeError as exc:
+        _error(f"the demo stopped: {exc}")
+        return EXIT_FAILED
 
 
 # -- runs list / show ----------------------------------------------------------------------
@@ -158,14 +168,17 @@ def _runs_show(args: argparse.Namespace) -> int:
     return _with_store(args.db, _show, args)
 
 
-def _with_store(path: Path, command: Any, args: argparse.Namespace) -> int:
+_Command = Callable[[EventStore, argparse.Namespace], Awaitable[int]]
+
+
+def _with_store(path: Path, command: _Command, args: argparse.Namespace) -> int:
     if not path.is_file():
         _error(f"no database at {path} (run `aruntime demo` to make one, or pass --db PATH)")
         return EXIT_USAGE
     return asyncio.run(_read_only(path, command, args))
 
 
-async def _read_only(path: Path, command: Any, args: argparse.Namespace) -> int:
+async def _read_only(path: Path, command: _Command, args: argparse.Namespace) -> int:
     from aruntime.store.sqlite import SqliteConfig, SqliteStore  # noqa: PLC0415 - loads sqlite3 on use
 
     store = SqliteStore(path, SqliteConfig(read_only=True))
@@ -175,8 +188,10 @@ async def _read_only(path: Path, command: Any, args: argparse.Namespace) -> int:
         _error(f"cannot read {path}: {exc}")
         return EXIT_USAGE
     try:
-        result: int = await command(store, args)
-        return result
+        return await command(store, args)
+    except AruntimeError as exc:  # a damaged log or file: say which, keep the traceback out
+        _error(f"cannot read {path}: {exc}")
+        return EXIT_FAILED
     finally:
         await store.aclose()
 
