@@ -202,6 +202,7 @@ async def test_corrupt_event_payload_names_run_and_sequence(path: Path) -> None:
         with pytest.raises(StoreCorruptError, match="event 2 is damaged") as caught:
             await store.events_for("r")
         assert caught.value.run_id == "r"
+        assert str(path) in str(caught.value)
         assert await store.events_for("r", after=2) == [step(3)]
 
 

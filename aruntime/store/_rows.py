@@ -13,8 +13,8 @@ leaves in an OSError message) cannot be stored as UTF-8, but escaped it round-tr
 any other character.
 
 A row that does not decode into exactly the event it claims to be raises
-`StoreCorruptError` naming the run and the sequence: a damaged row never turns into a
-plausible but different event.
+`StoreCorruptError` naming the database, the run and the sequence: a damaged row never
+turns into a plausible but different event.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 import operator
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, TypeAlias
 
@@ -39,7 +39,7 @@ from aruntime.events import EVENT_TYPES, Event, RunStarted
 from aruntime.state import RunStatus
 from aruntime.store._base import RunInfo
 
-__all__ = ["EventRow", "decode_event", "decode_run", "encode_events", "storable_text"]
+__all__ = ["EventRow", "decode_events", "decode_run", "encode_events", "storable_text"]
 
 EventRow: TypeAlias = tuple[str, int, str, float, str]
 """`(run_id, sequence, type, at, data)`, in the column order of the events table."""
@@ -174,43 +174,54 @@ def encode_events(run_id: str, events: Sequence[Event]) -> list[EventRow]:
     return rows
 
 
-def decode_event(run_id: str, sequence: int, type_name: str, at: float, data: str) -> Event:
-    """The event one row holds.
+def decode_events(
+    source: str, run_id: str, rows: Iterable[tuple[int, str, float, str]]
+) -> list[Event]:
+    """The events of a run's rows `(sequence, type, at, data)`, in the order given.
 
     Raises:
-        StoreCorruptError: the row is not an event of the type it names; the error names
-            the run and the sequence.
+        StoreCorruptError: a row is not an event of the type it names; the error names
+            `source` (the database), the run and the sequence.
     """
+    try:
+        return [_decode(sequence, type_name, at, data) for sequence, type_name, at, data in rows]
+    except _DamagedRowError as damaged:
+        raise StoreCorruptError(
+            f"{source}: event {damaged.sequence} is damaged: {damaged.reason}; the run cannot "
+            "be replayed until the row is repaired or the run is removed",
+            run_id=run_id,
+        ) from None
+
+
+class _DamagedRowError(Exception):
+    def __init__(self, sequence: object, reason: str) -> None:
+        self.sequence = sequence
+        self.reason = reason
+
+
+def _decode(sequence: int, type_name: str, at: float, data: str) -> Event:
     decoder = _DECODERS.get(type_name)
     if decoder is None:
-        raise _corrupt(run_id, sequence, f"unknown event type {type_name!r:.80}")
+        raise _DamagedRowError(sequence, f"unknown event type {type_name!r:.80}")
     try:
         fields, end = _decode_json(data)
     except (ValueError, TypeError) as exc:
-        raise _corrupt(run_id, sequence, f"{type_name} payload is not JSON ({exc})") from None
+        raise _DamagedRowError(sequence, f"{type_name} payload is not JSON ({exc})") from None
     if type(fields) is not dict or len(fields) != len(decoder.fields) or end != len(data):
-        raise _corrupt(run_id, sequence, f"{type_name} payload has the wrong fields")
+        raise _DamagedRowError(sequence, f"{type_name} payload has the wrong fields")
     if type(at) is not float or type(sequence) is not int:
-        raise _corrupt(run_id, sequence, f"{type_name} has a sequence or time that is no number")
+        raise _DamagedRowError(sequence, f"{type_name} has a sequence or time that is no number")
     event = _new(decoder.cls)
     decoder.set_sequence(event, sequence)
     decoder.set_at(event, at)
     for name, allowed, set_field in decoder.fields:
         value = fields.get(name, _MISSING)
         if type(value) not in allowed:
-            raise _corrupt(run_id, sequence, f"{type_name} field {name!r} is missing or mistyped")
+            raise _DamagedRowError(sequence, f"{type_name} field {name!r} is missing or mistyped")
         set_field(event, value)
     if decoder.direct:
         return event
     return decoder.cls(sequence=sequence, at=at, **fields)
-
-
-def _corrupt(run_id: str, sequence: int, reason: str) -> StoreCorruptError:
-    return StoreCorruptError(
-        f"event {sequence} is damaged: {reason}; the run cannot be replayed until the row "
-        "is repaired or the run is removed",
-        run_id=run_id,
-    )
 
 
 _STATUSES = {status.value: status for status in RunStatus}

@@ -50,7 +50,7 @@ from aruntime.errors import (
 from aruntime.events import Event
 from aruntime.state import RunStatus
 from aruntime.store._base import RunInfo
-from aruntime.store._rows import decode_event, decode_run
+from aruntime.store._rows import decode_events, decode_run
 
 __all__ = [
     "INSERT_EVENTS",
@@ -167,14 +167,14 @@ def stored_version(conn: sqlite3.Connection, run_id: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def read_events(conn: sqlite3.Connection, run_id: str, after: int) -> list[Event]:
+def read_events(conn: sqlite3.Connection, path: Path, run_id: str, after: int) -> list[Event]:
     """The run's events after sequence `after`, in order."""
     rows = conn.execute(
         "SELECT sequence, type, at, data FROM events WHERE run_id = ? AND sequence > ? "
         "ORDER BY sequence",
         (run_id, after),
     ).fetchall()
-    return [decode_event(run_id, sequence, type_, at, data) for sequence, type_, at, data in rows]
+    return decode_events(str(path), run_id, rows)
 
 
 def read_run(conn: sqlite3.Connection, run_id: str) -> RunInfo | None:

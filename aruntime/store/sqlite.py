@@ -265,7 +265,7 @@ class SqliteStore:
         await job.future
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
-        return await self._read(run_id, schema.read_events, run_id, after)
+        return await self._read(run_id, schema.read_events, self._path, run_id, after)
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         return await self._read(run_id, schema.read_run, run_id)
@@ -452,7 +452,7 @@ class _Thread(threading.Thread):
 
 
 class _Reader(_Thread):
-    """Serves reads, one at a time, on a read-only connection."""
+    """Serves reads on a read-only connection, a few queued ones at a time."""
 
     def __init__(
         self,
@@ -474,23 +474,42 @@ class _Reader(_Thread):
             schema.check_readable(conn, self.path)
 
     def serve(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        while (job := self._jobs.get()) is not None:
-            assert isinstance(job, _Call)
-            outcome: object
-            try:
-                outcome = job.fn(conn, *job.args)
-            except (sqlite3.Error, OSError) as exc:
-                outcome = schema.map_error(exc, self.path, job.run_id)
-            except Exception as exc:  # handed to the waiter, never lost on this thread
-                outcome = exc
-            self._call_on_loop(_settle, (job,), (outcome,))
+        # Reads queued together are answered together, with one wake-up of the loop; the
+        # stop marker of this reader ends the batch (the next ones are other readers').
+        jobs, limit = self._jobs, _READ_BATCH
+        stop = False
+        while not stop:
+            batch: list[_Call] = []
+            job = jobs.get()
+            while job is not None:
+                assert isinstance(job, _Call)
+                batch.append(job)
+                if len(batch) == limit:
+                    break
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stop = True
+            if batch:
+                self._call_on_loop(_settle, batch, [self._read(job) for job in batch])
+
+    def _read(self, job: _Call) -> object:
+        try:
+            return job.fn(self._conn, *job.args)
+        except (sqlite3.Error, OSError) as exc:
+            return schema.map_error(exc, self.path, job.run_id)
+        except Exception as exc:  # handed to the waiter, never lost on this thread
+            return exc
 
     def teardown(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
+
+_READ_BATCH = 16
+"""The most reads a reader answers with one wake-up of the loop."""
 
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError)
 """Errors that one append's rows cause, as opposed to errors of the whole transaction."""
