@@ -15,6 +15,7 @@ later call, and `run()` raises the cause to the supervisor. Nothing is appended 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,6 @@ from aruntime.events import (
 from aruntime.state import RunState, fold_into
 
 if TYPE_CHECKING:
-    import asyncio
-
     from aruntime._definitions import Step, Workflow
     from aruntime.clock import Clock
     from aruntime.serializer import Serializer
@@ -100,6 +99,7 @@ class Runner:
         "context",
         "run_id",
         "state",
+        "unsettled",
     )
 
     def __init__(
@@ -127,6 +127,8 @@ class Runner:
         self._max_position = 0
         self._abort: BaseException | None = None
         self._debug = debug_enabled()
+        self.unsettled: Event | None = None
+        """The event whose append was cancelled half-way, if any."""
 
     async def run(self) -> None:
         """Run the workflow to its end and record it; return at once if already ended.
@@ -210,6 +212,9 @@ class Runner:
                 await self._store.append(self.run_id, (event,), sequence - 1)
             except AruntimeError as exc:
                 raise self._fail(exc) from None
+            except asyncio.CancelledError:
+                self.unsettled = event  # committed or not: the log will tell
+                raise
             fold_into(state, (event,))
         finally:
             lock.release()

@@ -9,7 +9,9 @@ the run is parked: marked in the store's index with the reason, visible in `runs
 and left alone until `Runtime.resume()` (or a fixed deployment and a resume) clears it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
 `UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
-A `ConcurrencyError` means another writer owns the run: this task stops without a trace.
+A `ConcurrencyError` stops the stale runner like any other death: the respawned one
+replays the log as it now is, so a run is never silently dropped; a run that keeps
+conflicting (two runtimes writing one store at once) ends parked with the reason.
 
 Shutting the runtime down cancels the tasks; cancellation is never recorded, so no run is
 marked failed because its process stopped.
@@ -28,14 +30,13 @@ from aruntime._definitions import Workflow
 from aruntime._log import logger
 from aruntime._runner import Runner
 from aruntime.errors import (
-    ConcurrencyError,
     ConfigError,
     CorruptLogError,
     NonDeterminismError,
     SerializationError,
     UnknownWorkflowError,
 )
-from aruntime.state import RunState, replay
+from aruntime.state import RunState, fold_into, replay
 
 if TYPE_CHECKING:
     from aruntime.clock import Clock
@@ -75,12 +76,12 @@ class SupervisorStats:
 
 
 class _Crash:
-    """A crash request: the state before it, and the replayed state after it."""
+    """A crash request: the runner it kills, and the state replayed after it."""
 
-    __slots__ = ("after", "before")
+    __slots__ = ("after", "runner")
 
-    def __init__(self, before: RunState) -> None:
-        self.before = before
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
         self.after: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
 
 
@@ -143,9 +144,17 @@ class Supervisor:
         task = self._tasks.get(run_id)
         if runner is None or task is None or run_id in self._crashes:
             raise LookupError(f"run {run_id!r} has no live runner to crash")
-        crash = self._crashes[run_id] = _Crash(runner.state.copy())
+        crash = self._crashes[run_id] = _Crash(runner)
         task.cancel()
-        return crash.before, await crash.after
+        after = await crash.after
+        # The runner is dead now. An append it had in flight may have been committed
+        # after all (stores settle an append before letting its cancellation through);
+        # what it held then is the state the crash threw away.
+        before = runner.state.copy()
+        unsettled = runner.unsettled
+        if unsettled is not None and after.version == unsettled.sequence == before.version + 1:
+            fold_into(before, (unsettled,))
+        return before, after
 
     async def _supervise(self, run_id: str, state: RunState | None) -> None:
         restarts: collections.deque[float] = collections.deque()
@@ -175,9 +184,6 @@ class Supervisor:
                         reason = exc  # a stray CancelledError from a step body: a bug
                 except _PARK_AT_ONCE as exc:
                     await self._park(run_id, exc)
-                    return
-                except ConcurrencyError as exc:
-                    logger.warning("run.superseded", run_id=run_id, error=str(exc))
                     return
                 except (KeyboardInterrupt, SystemExit):
                     raise
