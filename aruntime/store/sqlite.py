@@ -262,7 +262,13 @@ class SqliteStore:
             last.at,
         )
         writer.jobs.put(job)
-        await job.future
+        future = job.future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                await _settled(future)
+            raise
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
         return await self._read(run_id, schema.read_events, self._path, run_id, after)
@@ -369,14 +375,45 @@ def _merged(earlier: _Append, later: _Append) -> _Append:
     )
 
 
+_SETTLED = object()
+
+_orphans: dict[asyncio.Future[Any], Any] = {}
+"""Appends whose waiter was cancelled: the future that waits for their batch, or
+`_SETTLED` when the batch settled before the waiter asked. Touched on the loop only."""
+
+
 def _resolve(future: asyncio.Future[Any], outcome: object) -> None:
     """On the loop: an exception is raised to the waiter, anything else returned."""
     if future.done():  # its waiter was cancelled
+        if future.cancelled():
+            waiter = _orphans.pop(future, None)
+            if waiter is None:
+                _orphans[future] = _SETTLED
+            elif not waiter.done():
+                waiter.set_result(None)
         return
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait until the batch holding a cancelled append has committed or failed.
+
+    A cancelled append must not let its cancellation through while the writer may still
+    commit it: the caller would then replay a log that grows behind its back. The wait
+    ends when the batch settles, or when the store closes (every queued job settles).
+    """
+    if _orphans.pop(future, None) is _SETTLED:
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _orphans[future] = waiter
+    try:
+        await asyncio.shield(waiter)
+    except asyncio.CancelledError:
+        _orphans.pop(future, None)  # cancelled again: give up waiting, as asked
+        raise
 
 
 def _settle(jobs: Sequence[_Job], outcomes: Sequence[object]) -> None:
