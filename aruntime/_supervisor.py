@@ -98,7 +98,7 @@ class Supervisor:
         random: Callable[[], float],
         find_workflow: Callable[[str], Workflow[..., Any] | None],
         budget: RestartBudget,
-        on_exit: Callable[[str], None],
+        on_exit: Callable[[str, RunState | None], None],
     ) -> None:
         self._group = group
         self._store = store
@@ -200,7 +200,8 @@ class Supervisor:
             crash = self._crashes.pop(run_id, None)
             if crash is not None and not crash.after.done():
                 crash.after.cancel()
-            self._on_exit(run_id)
+            ended = state is not None and state.status.terminal
+            self._on_exit(run_id, state if ended else None)
 
     async def _may_respawn(
         self, run_id: str, restarts: collections.deque[float], reason: BaseException | str

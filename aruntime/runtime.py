@@ -131,7 +131,7 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: Supervisor | None = None
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[RunState | None]]] = {}
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -311,20 +311,21 @@ class Runtime:
             return self._workflows.get(name)
         return lookup_workflow(name)
 
-    def _run_exited(self, run_id: str) -> None:
+    def _run_exited(self, run_id: str, final: RunState | None) -> None:
         for waiter in self._waiters.pop(run_id, ()):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(final)
 
-    async def _wait_exit(self, run_id: str) -> None:
-        """Wait until the local task of `run_id` ends, or a poll interval if it has none."""
+    async def _wait_exit(self, run_id: str) -> RunState | None:
+        """Wait until the local task of `run_id` ends (its final state if it finished the
+        run), or a poll interval if this runtime has no task for it."""
         supervisor = self._supervisor
         if supervisor is not None and supervisor.supervising(run_id):
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(run_id, []).append(waiter)
-            await waiter
-        else:
-            await self.clock.sleep(self.config.result_poll_interval)
+            return await waiter
+        await self.clock.sleep(self.config.result_poll_interval)
+        return None
 
 
 class RunHandle(Generic[R]):
@@ -352,6 +353,11 @@ class RunHandle(Generic[R]):
             RunNotFoundError: no such run.
         """
         rt = self._runtime
+        supervisor = rt._supervisor
+        if supervisor is not None and supervisor.supervising(self.run_id):
+            final = await rt._wait_exit(self.run_id)
+            if final is not None:  # it ended here: no need to read it back
+                return self._from_state(final)
         while True:
             info = await rt.store.get_run(self.run_id)
             if info is None:
@@ -361,6 +367,13 @@ class RunHandle(Generic[R]):
             if info.parked:
                 raise RunParkedError(self.run_id, info.parked_reason or "")
             await rt._wait_exit(self.run_id)
+
+    def _from_state(self, state: RunState) -> R:
+        if state.status is RunStatus.COMPLETED:
+            assert state.result is not None
+            value: R = self._runtime.serializer.loads(state.result)
+            return value
+        raise RunFailedError(self.run_id, state.error_type or "", state.error_message or "")
 
     async def _outcome(self, version: int) -> R:
         last = await self._runtime.store.events_for(self.run_id, after=version - 1)
