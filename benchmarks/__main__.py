@@ -227,6 +227,12 @@ class Suite:
         }
         if wrong:
             rep["notes"].append(f"runs with a wrong result: {wrong}")
+        if name == "retry" and "dbos" in results:
+            rep["notes"].append(
+                "aruntime makes two durable appends per retry (StepFailed with the due time, "
+                "then StepStarted), so a crash cannot lose the backoff or exceed max_attempts; "
+                "DBOS retries a step in memory and records only its final outcome"
+            )
         if chart is not None:
             self._chart(name, chart, rep, results, workload)
         return rep
@@ -249,7 +255,7 @@ class Suite:
                 for side, by in results.items()
             }
             title = (
-                f"throughput, {workload.runs:,} runs x {workload.steps} trivial steps per point, "
+                f"throughput: {workload.runs:,} runs x {workload.steps} trivial steps per point\n"
                 f"store {store}, {cfg['repeat']} repeats, {cfg['machine']['cores']} cores"
             )
             problem = report.chart_throughput(points, path, title)
@@ -259,8 +265,8 @@ class Suite:
                 for side, by in results.items()
             }
             title = (
-                f"per-step latency, one run at a time, {workload.runs:,} runs x {workload.steps} "
-                f"steps x {cfg['repeat']} repeats, store {store}"
+                f"per-step latency, one run at a time: {workload.runs:,} runs x {workload.steps} "
+                f"steps x {cfg['repeat']} repeats\nstore {store}, {cfg['machine']['cores']} cores"
             )
             problem = report.chart_latency(samples, path, title)
         if problem is None:

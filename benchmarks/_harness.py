@@ -109,6 +109,22 @@ def _git_commit() -> str | None:
     return commit or None
 
 
+def _aruntime_modified() -> bool | None:
+    """Whether aruntime/ differs from the commit (figures then describe uncommitted code)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "aruntime"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def _cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -129,6 +145,7 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(terse=True),
         "commit": _git_commit(),
+        "aruntime_modified": _aruntime_modified(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
 

@@ -327,6 +327,14 @@ def _pyplot() -> Any | None:
     return importlib.import_module("matplotlib.pyplot")
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Label a log axis with plain numbers (10, 20, 50, 100, ...), not 2x10^1."""
+    ticker = importlib.import_module("matplotlib.ticker")
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:,g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 MISSING_MATPLOTLIB = (
     "chart skipped: matplotlib not installed (pip install -r benchmarks/requirements.txt)"
 )
@@ -357,6 +365,8 @@ def chart_throughput(
             )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("concurrent runs")
     ax.set_ylabel("steps/s (median, bars: min..max)")
     ax.set_title(title, fontsize=10)
@@ -390,11 +400,12 @@ def chart_latency(samples: dict[str, list[float]], path: Path, title: str) -> st
         cdf.plot(us, np.arange(1, len(us) + 1) / len(us), label=label)
     for ax in (hist, cdf):
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
         ax.set_xlabel("per-step latency (us, log scale)")
         ax.grid(True, which="both", alpha=0.3)
     hist.set_ylabel("steps")
     cdf.set_ylabel("fraction of steps")
-    cdf.legend(fontsize=8, loc="lower right")
+    cdf.legend(fontsize=8, loc="lower right", title="pooled over the repeats", title_fontsize=8)
     hist.set_title("histogram", fontsize=10)
     cdf.set_title("CDF", fontsize=10)
     fig.suptitle(title, fontsize=10)
