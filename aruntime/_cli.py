@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from aruntime.errors import AruntimeError
@@ -282,7 +282,7 @@ def _print_state(info: RunInfo, state: RunState) -> None:
 
 
 def _details(event: Event) -> str:
-    fields = dataclasses.asdict(event)
+    fields = msgspec.structs.asdict(event)
     parts = []
     if "position" in fields:
         parts.append(f"step {fields['position']} {fields['step']!r} attempt {fields['attempt']}")
@@ -367,7 +367,7 @@ def _state_json(state: RunState) -> dict[str, Any]:
 
 
 def _event_json(event: Event) -> dict[str, Any]:
-    fields = dataclasses.asdict(event)
+    fields = msgspec.structs.asdict(event)
     document: dict[str, Any] = {"type": type(event).__name__, **fields, "at": _iso(event.at)}
     if isinstance(event, StepFailed):
         document["retry_at"] = _iso(event.retry_at)

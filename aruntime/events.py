@@ -5,14 +5,18 @@ dense per-run `sequence` (1, 2, 3, ...). Results and arguments are stored as the
 runtime's serializer produced, so events never hold live Python objects and a log reads
 back exactly as it was written, whatever the serializer.
 
+Events are frozen msgspec structs: two are built per step, and a struct is built in about
+a tenth of the time of a frozen dataclass.
+
 `at` is the wall-clock time (seconds since the epoch) at which the runtime wrote the event;
 the fold never reads it except to copy it into the state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeAlias
+
+import msgspec
 
 __all__ = [
     "EVENT_TYPES",
@@ -26,8 +30,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunStarted:
+class RunStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The run was created; always the first event of a log."""
 
     sequence: int
@@ -38,8 +41,7 @@ class RunStarted:
     """The serialized `[positional, keyword]` arguments of the workflow."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepStarted:
+class StepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An attempt of the step at `position` began; durable before the body runs."""
 
     sequence: int
@@ -50,8 +52,7 @@ class StepStarted:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepCompleted:
+class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The attempt returned; `result` is the serialized return value."""
 
     sequence: int
@@ -62,8 +63,7 @@ class StepCompleted:
     result: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepFailed:
+class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The attempt raised; `retry_at` is when the next attempt is due, None if none is."""
 
     sequence: int
@@ -76,8 +76,7 @@ class StepFailed:
     retry_at: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunCompleted:
+class RunCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The workflow returned; `result` is the serialized return value."""
 
     sequence: int
@@ -85,8 +84,7 @@ class RunCompleted:
     result: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunFailed:
+class RunFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The workflow raised; the run is terminal."""
 
     sequence: int

@@ -17,12 +17,12 @@ back, and slipping in objects that are not events. Every field keeps its declare
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 from hypothesis import strategies as st
 
 from aruntime._decide import INTERRUPTED
@@ -285,13 +285,12 @@ class LookAlike:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepStartedSubclass(StepStarted):
+class StepStartedSubclass(StepStarted, frozen=True, kw_only=True):
     """A subclass of an event type is not an event type."""
 
 
 def _replace(event: Event, **changes: Any) -> Event:
-    new: Event = dataclasses.replace(event, **changes)
+    new: Event = msgspec.structs.replace(event, **changes)
     return new
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import sqlite3
 import sys
@@ -12,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from aruntime.errors import (
@@ -353,7 +353,7 @@ async def test_full_database_keeps_earlier_data_intact(path: Path) -> None:
     with raw(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     async with SqliteStore(path) as store:
-        await store.append("r", [dataclasses.replace(huge, sequence=4)], 3)
+        await store.append("r", [msgspec.structs.replace(huge, sequence=4)], 3)
 
 
 async def test_wal_and_synchronous_full_are_in_force(path: Path) -> None:

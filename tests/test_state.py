@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any, cast
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -509,7 +509,7 @@ _FAILURE = StepFailed(
 
 def _damaged(event: Event, **changes: Any) -> Event:
     """`event` with fields of the wrong type, as a damaged row might decode."""
-    new: Event = dataclasses.replace(event, **changes)
+    new: Event = msgspec.structs.replace(event, **changes)
     return new
 
 

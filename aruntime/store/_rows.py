@@ -6,7 +6,7 @@ own, and the other fields as a compact JSON object in `data`, keyed by field nam
 a row reads on its own (`sqlite3 runs.db`, `psql`).
 
 Both directions are on hot paths (every append, every replay), so what can be worked out
-per event type is worked out once, from the dataclass fields and their annotations: the
+per event type is worked out once, from the struct fields and their annotations: the
 JSON template and the converter of each field for encoding, the JSON types each field
 accepts for decoding. Text is encoded ASCII-only: a lone surrogate (what `surrogateescape`
 leaves in an OSError message) cannot be stored as UTF-8, but escaped it round-trips like
@@ -19,15 +19,15 @@ turns into a plausible but different event.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import operator
-import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, TypeAlias
+
+import msgspec
 
 from aruntime.errors import (
     CorruptLogError,
@@ -64,14 +64,13 @@ _CODECS: dict[object, tuple[Callable[[Any], str], tuple[type, ...]]] = {
 }
 """For each annotation of an event field: its JSON encoder, and the JSON types it accepts."""
 
-_Setter: TypeAlias = Callable[[Any, Any], None]
 _MISSING = object()
 _COLUMNS = frozenset({"sequence", "at"})
 
 
 def _payload_fields(cls: type[Event]) -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(cls)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in _COLUMNS]
+    return [(f.name, hints[f.name]) for f in msgspec.structs.fields(cls) if f.name not in _COLUMNS]
 
 
 def _encoder(cls: type[Event]) -> Callable[[Any], str]:
@@ -88,44 +87,18 @@ def _encoder(cls: type[Event]) -> Callable[[Any], str]:
 
 class _Decoder(NamedTuple):
     cls: type[Event]
-    fields: tuple[tuple[str, tuple[type, ...], _Setter], ...]
-    """Each payload field: its name, the JSON types it accepts, and its slot's setter."""
-    set_sequence: _Setter
-    set_at: _Setter
-    direct: bool
-    """Whether events are built slot by slot: about three times faster than `__init__`,
-    which a frozen dataclass runs through `object.__setattr__` field by field."""
+    fields: tuple[tuple[str, tuple[type, ...]], ...]
+    """Each payload field: its name and the JSON types it accepts."""
 
 
 def _decoder(cls: type[Event]) -> _Decoder:
-    # Building slot by slot skips `__init__`, which is only right while an event class
-    # is a slotted dataclass without `__post_init__`; otherwise fall back to `__init__`.
-    direct = not hasattr(cls, "__post_init__") and all(
-        isinstance(cls.__dict__.get(f.name), types.MemberDescriptorType)
-        for f in dataclasses.fields(cls)
-    )
-
-    def setter(name: str) -> _Setter:
-        return cls.__dict__[name].__set__ if direct else _no_set
-
-    return _Decoder(
-        cls,
-        tuple((name, _CODECS[hint][1], setter(name)) for name, hint in _payload_fields(cls)),
-        setter("sequence"),
-        setter("at"),
-        direct,
-    )
-
-
-def _no_set(event: object, value: object) -> None:
-    return None
+    return _Decoder(cls, tuple((name, _CODECS[hint][1]) for name, hint in _payload_fields(cls)))
 
 
 _ENCODERS: dict[type[Any], tuple[str, Callable[[Any], str]]] = {
     cls: (name, _encoder(cls)) for name, cls in EVENT_TYPES.items()
 }
 _DECODERS: dict[str, _Decoder] = {name: _decoder(cls) for name, cls in EVENT_TYPES.items()}
-_new = object.__new__
 # `raw_decode` skips the whitespace handling of `decode`, which compact rows do not need.
 _decode_json = json.JSONDecoder().raw_decode
 
@@ -211,16 +184,9 @@ def _decode(sequence: int, type_name: str, at: float, data: str) -> Event:
         raise _DamagedRowError(sequence, f"{type_name} payload has the wrong fields")
     if type(at) is not float or type(sequence) is not int:
         raise _DamagedRowError(sequence, f"{type_name} has a sequence or time that is no number")
-    event = _new(decoder.cls)
-    decoder.set_sequence(event, sequence)
-    decoder.set_at(event, at)
-    for name, allowed, set_field in decoder.fields:
-        value = fields.get(name, _MISSING)
-        if type(value) not in allowed:
+    for name, allowed in decoder.fields:
+        if type(fields.get(name, _MISSING)) not in allowed:
             raise _DamagedRowError(sequence, f"{type_name} field {name!r} is missing or mistyped")
-        set_field(event, value)
-    if decoder.direct:
-        return event
     return decoder.cls(sequence=sequence, at=at, **fields)
 
 
