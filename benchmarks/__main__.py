@@ -8,6 +8,7 @@ Examples (from the repository root)::
     python -m benchmarks recovery --store sqlite
     python -m benchmarks scale --n 100000
     python -m benchmarks replay
+    python -m benchmarks floor --store sqlite             # what one durable append costs
     python -m benchmarks all --store sqlite --json
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
@@ -29,14 +30,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _recovery, _replay, _scale, report
+from benchmarks import _floor, _recovery, _replay, _scale, report
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
 
-NAMES = ("throughput", "latency", "recovery", "retry", "scale", "replay")
+NAMES = ("throughput", "latency", "recovery", "retry", "scale", "replay", "floor")
 CHARTED = ("throughput", "latency")
+_FLOOR_SAMPLES = 2000
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,7 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="FULL",
         help="SQLite durability for aruntime (default FULL, as in production)",
     )
-    parser.add_argument("--n", type=int, help="runs (replay: the largest log, in events)")
+    parser.add_argument(
+        "--n", type=int, help="runs (replay: the largest log, in events; floor: samples)"
+    )
     parser.add_argument("--steps", type=int, help="steps per run")
     parser.add_argument(
         "--repeat", type=int, help="measurements per system (default 5; 3 for recovery and scale)"
@@ -394,6 +398,48 @@ class Suite:
             figures=report.FIGURES["recovery"],
         )
 
+    # -- floor ----------------------------------------------------------------------
+
+    def floor(self) -> dict[str, Any]:
+        args = self.args
+        samples = args.n or _FLOOR_SAMPLES
+        repeat = args.repeat or 5
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable()
+        if reason is None and self.store.kind != "sqlite":
+            reason = "skipped: the floor of a durable append needs --store sqlite"
+        if reason is not None:
+            blocks["aruntime"] = {"skipped": reason}
+        else:
+            repeats = []
+            with self.progress("floor", repeat) as progress:
+                for r in range(repeat):
+                    repeats.append(_floor.measure(self.store, self.workdir / f"floor-{r}", samples))
+                    self.settle()
+                    progress.update()
+            blocks["aruntime"] = report.side_block(
+                self.aruntime.version(), self.store.describe(), repeats
+            )
+        if self.peer is not None:
+            blocks[self.peer.name] = {"skipped": "skipped: the floor measures aruntime's parts"}
+        rep = self._report(
+            "floor",
+            workload=None,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["floor"],
+            description=(
+                "the parts of one durable append, each the median of "
+                f"{samples:,} back-to-back operations"
+            ),
+        )
+        rep["config"]["samples"] = samples
+        rep["notes"].append(
+            "step floor = 2 x (commit + hand-off): a step is two durable appends, each "
+            "committed on the writer thread"
+        )
+        return rep
+
     # -- replay -----------------------------------------------------------------------
 
     def replay(self) -> tuple[dict[str, Any], list[report.Figure]]:
@@ -454,6 +500,9 @@ class Suite:
             figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()
+            figures = report.FIGURES[name]
+        elif name == "floor":
+            rep = self.floor()
             figures = report.FIGURES[name]
         else:
             rep, figures = self.replay()

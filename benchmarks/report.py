@@ -94,6 +94,13 @@ FIGURES: dict[str, list[Figure]] = {
         _f("violation_count", "exactly-once violations"),
     ],
     "replay": [],
+    "floor": [
+        _f("commit_us", "commit us (p50)", "{:,.1f}"),
+        _f("handoff_us", "hand-off us (p50)", "{:,.1f}"),
+        _f("append_us", "append us (p50)", "{:,.1f}", "lower"),
+        _f("store_overhead_us", "append - both us", "{:,.1f}", "lower"),
+        _f("step_floor_us", "step floor us", "{:,.1f}"),
+    ],
 }
 """What each workload reports, in table order (replay's keys depend on the sizes)."""
 

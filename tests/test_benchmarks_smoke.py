@@ -137,6 +137,28 @@ def test_recovery_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixtu
     assert rep["sides"]["aruntime"]["skipped"].startswith("skipped:")
 
 
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_floor_measures_the_parts_of_a_durable_append(capsys: pytest.CaptureFixture[str]) -> None:
+    """Floor reports commit, hand-off and append medians, and the step floor they imply."""
+    rep = run(capsys, "floor", "--store", "sqlite", "--n", "20", "--repeat", "2")
+    assert rep["config"]["samples"] == 20
+    figures = rep["sides"]["aruntime"]["figures"]
+    commits, handoffs, appends, floors = (
+        figures[key]["values"] for key in ("commit_us", "handoff_us", "append_us", "step_floor_us")
+    )
+    assert min(commits) > 0
+    assert min(handoffs) > 0
+    assert min(appends) > 0
+    for commit, handoff, floor in zip(commits, handoffs, floors, strict=True):
+        assert floor == pytest.approx(2 * (commit + handoff))
+
+
+def test_floor_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    """The floor of a durable append needs a durable store: on memory it says so."""
+    rep = run(capsys, "floor", "--store", "memory", "--repeat", "1")
+    assert rep["sides"]["aruntime"]["skipped"].startswith("skipped:")
+
+
 def test_missing_peer_is_reported_skipped_never_faked(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
