@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aruntime.errors import ConcurrencyError, CorruptLogError
 from aruntime.events import Event, RunCompleted, RunFailed, RunStarted
@@ -100,6 +100,12 @@ def check_batch(run_id: str, events: Sequence[Event], expected_sequence: int) ->
     """
     if not events:
         raise CorruptLogError(run_id, None, "append of an empty batch")
+    first = events[0]
+    if type(first) is RunStarted:
+        if first.run_id != run_id:
+            raise CorruptLogError(run_id, 1, f"RunStarted names run {first.run_id!r}")
+    elif expected_sequence == 0:
+        raise CorruptLogError(run_id, 1, f"a log must begin with RunStarted, not {first!r:.80}")
     for offset, event in enumerate(events, start=1):
         if event.sequence != expected_sequence + offset:
             raise CorruptLogError(
@@ -107,23 +113,22 @@ def check_batch(run_id: str, events: Sequence[Event], expected_sequence: int) ->
                 event.sequence,
                 f"batch numbered out of order: expected {expected_sequence + offset}",
             )
-    first = events[0]
-    if expected_sequence == 0 and not isinstance(first, RunStarted):
-        raise CorruptLogError(run_id, 1, f"a log must begin with RunStarted, not {first!r:.80}")
-    if isinstance(first, RunStarted) and first.run_id != run_id:
-        raise CorruptLogError(run_id, 1, f"RunStarted names run {first.run_id!r}")
 
 
 def status_after(status: RunStatus, events: Sequence[Event]) -> RunStatus:
     """The run's status once `events` are appended, for the index."""
+    moves = _STATUS_OF
     for event in events:
-        if isinstance(event, RunStarted):
-            status = RunStatus.RUNNING
-        elif isinstance(event, RunCompleted):
-            status = RunStatus.COMPLETED
-        elif isinstance(event, RunFailed):
-            status = RunStatus.FAILED
+        status = moves.get(type(event), status)
     return status
+
+
+_STATUS_OF: dict[type[Any], RunStatus] = {
+    RunStarted: RunStatus.RUNNING,
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+}
+"""The status each event type moves a run to; the other events leave it alone."""
 
 
 def raise_stale(run_id: str, expected: int, actual: int) -> None:
