@@ -358,6 +358,13 @@ class Suite:
             rep["notes"].append("the memory store keeps every log in memory: counted per run")
         return rep
 
+    def _needs_sqlite(self, why: str) -> str | None:
+        """Why aruntime's side is skipped on this store, or None when it can run."""
+        reason = self.aruntime.unavailable()
+        if reason is None and self.store.kind != "sqlite":
+            reason = f"skipped: {why} (use --store sqlite)"
+        return reason
+
     # -- recovery ---------------------------------------------------------------------
 
     def recovery(self) -> dict[str, Any]:
@@ -365,9 +372,7 @@ class Suite:
         workload = WORKLOADS["recovery"].resized(runs=args.n, steps=args.steps)
         repeat = args.repeat or workload.default_repeat
         blocks: dict[str, dict[str, Any]] = {}
-        reason = self.aruntime.unavailable()
-        if reason is None and self.store.kind != "sqlite":
-            reason = "skipped: recovery needs a durable store (use --store sqlite)"
+        reason = self._needs_sqlite("recovery needs a durable store")
         if reason is not None:
             blocks["aruntime"] = {"skipped": reason}
         else:
@@ -405,9 +410,7 @@ class Suite:
         samples = args.n or _FLOOR_SAMPLES
         repeat = args.repeat or 5
         blocks: dict[str, dict[str, Any]] = {}
-        reason = self.aruntime.unavailable()
-        if reason is None and self.store.kind != "sqlite":
-            reason = "skipped: the floor of a durable append needs --store sqlite"
+        reason = self._needs_sqlite("the floor of a durable append needs a durable store")
         if reason is not None:
             blocks["aruntime"] = {"skipped": reason}
         else:
