@@ -3,8 +3,8 @@
 Group commit
 ------------
 A durable append costs one fsync, and an fsync costs the same for one row as for a
-thousand. So appends are not written by the task that makes them: `append` encodes its
-rows on the event loop, puts them on a queue and waits on a future. One writer thread owns
+thousand. So appends are not written by the task that makes them: `append` checks its
+events on the event loop, puts them on a queue and waits on a future. One writer thread owns
 the only write connection. It takes whatever is queued (up to `max_batch` jobs), writes it
 all in one `BEGIN IMMEDIATE ... COMMIT` (one fsync at `synchronous=FULL`), and only then
 settles every future of the batch, with one `call_soon_threadsafe` for the whole batch.
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
 from aruntime.errors import (
+    AruntimeError,
     ConcurrencyError,
     ConfigError,
     StoreCorruptError,
@@ -247,14 +248,13 @@ class SqliteStore:
         writer = self._writer
         if writer is None:
             raise self._not_writable()
-        rows = encode_events(run_id, events)
         first, last = events[0], events[-1]
         status = status_after(RunStatus.PENDING, events)
         job = _Append(
             writer.loop.create_future(),
             run_id,
             expected_sequence,
-            rows,
+            tuple(events),
             None if status is RunStatus.PENDING else status.value,
             first.workflow if isinstance(first, RunStarted) else "",
             first.at,
@@ -344,7 +344,8 @@ class _Append(NamedTuple):
     future: asyncio.Future[Any]
     run_id: str
     expected: int
-    rows: list[EventRow]
+    events: tuple[Event, ...]
+    """Encoded into rows by the writer: the event loop's time is the scarcer."""
     status: str | None
     """The status the events give the run, None if they leave it alone."""
     workflow: str
@@ -673,6 +674,11 @@ class _Writer(_Thread):
                 calls.append(position)
                 continue
             run_id = job.run_id
+            try:
+                job_rows = encode_events(run_id, job.events)
+            except AruntimeError as exc:  # this append's own fault: it fails alone
+                outcomes[position] = exc
+                continue
             actual = versions.get(run_id)
             if actual is None:
                 actual = schema.stored_version(conn, run_id)
@@ -680,7 +686,7 @@ class _Writer(_Thread):
                 outcomes[position] = ConcurrencyError(run_id, job.expected, actual)
                 continue
             versions[run_id] = job.last_sequence
-            rows += job.rows
+            rows += job_rows
             accepted += 1
             earlier = runs.get(run_id)
             runs[run_id] = job if earlier is None else _merged(earlier, job)
@@ -699,13 +705,18 @@ class _Writer(_Thread):
             if type(job) is not _Append:
                 outcomes.append(self._call(conn, job))
                 continue
+            try:
+                job_rows = encode_events(job.run_id, job.events)
+            except AruntimeError as exc:
+                outcomes.append(exc)
+                continue
             actual = schema.stored_version(conn, job.run_id)
             if actual != job.expected:
                 outcomes.append(ConcurrencyError(job.run_id, job.expected, actual))
                 continue
             conn.execute("SAVEPOINT append")
             try:
-                schema.INSERT_EVENTS.run(conn, job.rows)
+                schema.INSERT_EVENTS.run(conn, job_rows)
                 self._write_runs(conn, (job,))
             except _ROW_ERRORS as exc:
                 conn.execute("ROLLBACK TO append")
@@ -715,7 +726,7 @@ class _Writer(_Thread):
             conn.execute("RELEASE append")
             self._versions[job.run_id] = job.last_sequence
             appends += 1
-            events += len(job.rows)
+            events += len(job_rows)
             outcomes.append(None)
         self._written = (appends, events)
         return outcomes
