@@ -18,6 +18,7 @@ from aruntime.errors import (
     ConcurrencyError,
     ConfigError,
     InvalidRunIdError,
+    SerializationError,
     StoreCorruptError,
     StoreError,
     StoreFullError,
@@ -454,6 +455,27 @@ async def test_stale_append_fails_alone_in_its_batch(path: Path) -> None:
         assert outcomes[:-1] == [None] * 20
         assert isinstance(outcomes[-1], ConcurrencyError)
         assert len(await store.list_runs()) == 21
+
+
+async def test_unencodable_append_fails_alone_in_its_batch(path: Path) -> None:
+    """An append whose field has the wrong type fails with SerializationError; its batch
+    commits, and the run's log is left as it was."""
+    async with SqliteStore(path) as store:
+        await store.append("bad", log("bad", 1), 0)
+        mistyped = StepStarted(sequence=2, at=2.0, position=1, step=42, attempt=1)  # type: ignore[arg-type]
+        async with writer_paused(store):
+            pending = [
+                asyncio.ensure_future(store.append(f"r{i}", log(f"r{i}", 2), 0)) for i in range(5)
+            ]
+            pending.append(asyncio.ensure_future(store.append("bad", [mistyped], 1)))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        assert outcomes[:-1] == [None] * 5
+        assert isinstance(outcomes[-1], SerializationError)
+        assert outcomes[-1].run_id == "bad"
+        assert store.stats.commits == 3  # the first append, the paused call, the batch
+        assert [e.sequence for e in await store.events_for("bad")] == [1]
+        await store.append("bad", [step(2)], 1)
 
 
 @pytest.mark.parametrize(
