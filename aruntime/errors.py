@@ -119,13 +119,33 @@ class UnknownWorkflowError(AruntimeError):
 
 
 class RunFailedError(AruntimeError):
-    """The run ended failed; `error_type` and `error_message` describe the cause."""
+    """The run ended failed; `error_type` and `error_message` describe the cause.
 
-    def __init__(self, run_id: str, error_type: str, error_message: str) -> None:
+    When the cause was a step that failed for good, `step`, `position` and `attempts`
+    name it; they are None when the workflow itself raised.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        error_type: str,
+        error_message: str,
+        *,
+        step: str | None = None,
+        position: int | None = None,
+        attempts: int | None = None,
+    ) -> None:
         self.run_id = run_id
         self.error_type = error_type
         self.error_message = error_message
-        super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}")
+        self.step = step
+        self.position = position
+        self.attempts = attempts
+        where = ""
+        if step is not None:
+            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            where = f" (step {step!r} at position {position}, after {tries})"
+        super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}{where}")
 
 
 class RunParkedError(AruntimeError):

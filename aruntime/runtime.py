@@ -28,7 +28,7 @@ from aruntime.errors import (
 )
 from aruntime.events import RunCompleted, RunFailed, RunStarted
 from aruntime.serializer import JsonSerializer, Serializer
-from aruntime.state import RunState, RunStatus, fold_into, replay
+from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
 from aruntime.store import EventStore, MemoryStore, RunInfo, open_store
 
 __all__ = ["MAX_RUN_ID_LENGTH", "RunHandle", "Runtime", "RuntimeConfig"]
@@ -174,7 +174,12 @@ class Runtime:
         assert self._supervisor is not None
         self._supervisor.cancel_all()
         try:
-            await group.__aexit__(exc_type, exc, tb)
+            if exc is None or isinstance(exc, asyncio.CancelledError):
+                await group.__aexit__(exc_type, exc, tb)
+            else:
+                # The body's own error goes on as itself, not wrapped in an ExceptionGroup:
+                # the run tasks, cancelled above, end without errors of their own.
+                await group.__aexit__(None, None, None)
         finally:
             for waiters in self._waiters.values():
                 for waiter in waiters:
@@ -373,7 +378,7 @@ class RunHandle(Generic[R]):
             assert state.result is not None
             value: R = self._runtime.serializer.loads(state.result)
             return value
-        raise RunFailedError(self.run_id, state.error_type or "", state.error_message or "")
+        raise _failure(self.run_id, state)
 
     async def _outcome(self, version: int) -> R:
         last = await self._runtime.store.events_for(self.run_id, after=version - 1)
@@ -381,6 +386,24 @@ class RunHandle(Generic[R]):
         if isinstance(event, RunCompleted):
             value: R = self._runtime.serializer.loads(event.result)
             return value
-        if isinstance(event, RunFailed):
-            raise RunFailedError(self.run_id, event.error_type, event.error_message)
+        if isinstance(event, RunFailed):  # rare: the whole log, to name the failed step
+            raise _failure(self.run_id, replay(await self._runtime.store.events_for(self.run_id)))
         raise CorruptLogError(self.run_id, version, f"a finished run ends with {event!r:.80}")
+
+
+def _failure(run_id: str, state: RunState) -> RunFailedError:
+    """The error of a failed run, naming the step whose failure ended it, if one did."""
+    kind, message = state.error_type or "", state.error_message or ""
+    cause = next(
+        (
+            s
+            for s in reversed(state.steps.values())
+            if s.status is StepStatus.FAILED and s.error_type == kind and s.error_message == message
+        ),
+        None,
+    )
+    if cause is None:
+        return RunFailedError(run_id, kind, message)
+    return RunFailedError(
+        run_id, kind, message, step=cause.step, position=cause.position, attempts=cause.attempts
+    )

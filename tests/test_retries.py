@@ -99,6 +99,15 @@ async def exhaust_retries() -> str:
     return await always_fails()
 
 
+@workflow
+async def catch_and_raise() -> str:
+    try:
+        await always_fails()
+    except StepFailedError:
+        raise ValueError("gave up on my own") from None
+    return "unreachable"
+
+
 @step
 async def refuses() -> None:
     attempts.append(current_step().attempt)
@@ -224,6 +233,34 @@ async def test_exhausted_retries_fail_the_run_with_the_last_error() -> None:
         3,
         None,
     )
+
+
+async def test_run_failed_error_names_the_step_that_ended_the_run() -> None:
+    """The error of a run ended by a step names the step, its position and its attempts,
+    whether it ended in this runtime or is read back from the store later."""
+    store = MemoryStore()
+    async with Runtime(store, clock=FakeClock(autojump=True)) as rt:
+        with pytest.raises(RunFailedError) as here:
+            await (await start(rt, exhaust_retries, run_id="x")).result()
+    async with Runtime(store, clock=FakeClock(autojump=True)) as later:
+        with pytest.raises(RunFailedError) as read_back:
+            await later.handle("x").result()
+    for info in (here, read_back):
+        assert (info.value.step, info.value.position, info.value.attempts) == (
+            always_fails.name,
+            1,
+            3,
+        )
+        assert f"(step {always_fails.name!r} at position 1, after 3 attempts)" in str(info.value)
+
+
+async def test_run_failed_by_the_workflow_itself_names_no_step() -> None:
+    """A workflow that catches a step's failure and raises its own error: no step is named."""
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        with pytest.raises(RunFailedError) as info:
+            await (await start(rt, catch_and_raise, run_id="own")).result()
+    assert info.value.error_message == "gave up on my own"
+    assert (info.value.step, info.value.position, info.value.attempts) == (None, None, None)
 
 
 @pytest.mark.parametrize("kind", list(ONE_SHOT), ids=list(ONE_SHOT))

@@ -217,6 +217,19 @@ async def test_sequence_feeds_each_step_the_previous_result() -> None:
     assert results == ["4", "8", '"<8>"']
 
 
+async def test_error_in_the_runtime_block_propagates_unwrapped() -> None:
+    """An exception raised inside `async with Runtime()` comes out as itself, not wrapped
+    in an ExceptionGroup by the runtime's task group."""
+
+    async def conflicting_starts() -> None:
+        async with runtime() as rt:
+            await start(rt, gated_workflow, 1, run_id="g")
+            await start(rt, gated_workflow, 2, run_id="g")
+
+    with pytest.raises(RunIdConflictError):
+        await conflicting_starts()
+
+
 async def test_replay_of_stored_log_is_the_completed_state() -> None:
     """Folding the stored log gives a completed state holding every step and the result."""
     async with runtime() as rt:
