@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from aruntime.errors import AruntimeError
+from aruntime.errors import AruntimeError, ConfigError
 from aruntime.events import Event, StepFailed
 from aruntime.state import RunState, RunStatus, replay
 from aruntime.store import EventStore, RunInfo
@@ -114,7 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     show = runs_commands.add_parser("show", parents=[common], help="a run's state and history")
     show.add_argument("run_id", metavar="RUN_ID")
     for sub in (listing, show):
-        sub.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"({DEFAULT_DB})")
+        sub.add_argument(
+            "--db",
+            type=_database,
+            default=DEFAULT_DB,
+            help=f"a file, or a URL sqlite:///path.db ({DEFAULT_DB})",
+        )
         sub.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_runs_list)
     show.set_defaults(handler=_runs_show)
@@ -129,6 +134,18 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _database(text: str) -> Path:
+    """A --db value: a file's path, or the store URL (`sqlite:///runs.db`) the API takes."""
+    if "://" not in text:
+        return Path(text)
+    from aruntime.store.sqlite import SqliteStore  # noqa: PLC0415 - loads sqlite3 on use
+
+    try:
+        return SqliteStore.from_url(text).path
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _error(message: str) -> None:
@@ -172,6 +189,9 @@ _Command = Callable[[EventStore, argparse.Namespace], Awaitable[int]]
 
 
 def _with_store(path: Path, command: _Command, args: argparse.Namespace) -> int:
+    if path.is_dir():
+        _error(f"{path} is a directory; --db takes a database file")
+        return EXIT_USAGE
     if not path.is_file():
         _error(f"no database at {path} (run `aruntime demo` to make one, or pass --db PATH)")
         return EXIT_USAGE

@@ -213,6 +213,23 @@ def test_a_file_that_is_not_a_store_exits_2(
     assert path.read_text() == "not a database"
 
 
+def test_db_takes_the_store_url_the_api_takes(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--db sqlite:///relative.db` names the same file as `Runtime("sqlite:///...")`."""
+    monkeypatch.chdir(db.parent)
+    code, out, _ = cli(capsys, "runs", "list", "--db", f"sqlite:///{db.name}")
+    assert code == 0
+    assert "greeting" in out
+
+
+def test_db_that_is_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory given as --db is named as such."""
+    code, _, err = cli(capsys, "runs", "list", "--db", tmp_path)
+    assert code == 2
+    assert f"{tmp_path} is a directory" in err
+
+
 def test_python_dash_m_aruntime_runs_the_command(db: Path) -> None:
     """`python -m aruntime` is the `aruntime` command, exit codes included."""
     listed = subprocess.run(
