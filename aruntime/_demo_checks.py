@@ -138,7 +138,7 @@ async def check_runs(
     report.info(
         "runs",
         f"{actual_counts['completed']:,} completed, {actual_counts['failed']:,} failed{other} "
-        f"(the seed says {expected_counts['completed']:,} completed, "
+        f"(the seeded plan expects {expected_counts['completed']:,} completed, "
         f"{expected_counts['failed']:,} failed)",
     )
     report.info(
