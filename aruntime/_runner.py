@@ -146,29 +146,34 @@ class Runner:
         args, kwargs = decode_args(self._serializer, self.run_id, state.args)
         token = _context._RUNNER.set(self)
         try:
-            try:
-                value = await self._workflow.fn(*args, **kwargs)
-            except _Abort as abort:
-                raise abort.cause from None
-            except Exception as exc:
-                self._raise_if_aborted()
-                self._check_no_unvisited_steps()
-                await self._finish_failed(exc)
-                return
-            self._raise_if_aborted()
-            self._check_no_unvisited_steps()
-            try:
-                result = self._serializer.dumps(value)
-            except (TypeError, ValueError, RecursionError) as exc:
-                err = SerializationError(
-                    f"workflow result cannot be serialized: {exc}", run_id=self.run_id
-                )
-                await self._finish_failed(err)
-                return
-            await self._append(RunCompleted, result=result)
-            logger.info("run.completed", run_id=self.run_id, workflow=self.context.workflow)
+            await self._run(args, kwargs)
+        except _Abort as abort:  # from the workflow's steps, or from the final append
+            raise abort.cause from None
         finally:
             _context._RUNNER.reset(token)
+
+    async def _run(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            value = await self._workflow.fn(*args, **kwargs)
+        except _Abort:
+            raise
+        except Exception as exc:
+            self._raise_if_aborted()
+            self._check_no_unvisited_steps()
+            await self._finish_failed(exc)
+            return
+        self._raise_if_aborted()
+        self._check_no_unvisited_steps()
+        try:
+            result = self._serializer.dumps(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            err = SerializationError(
+                f"workflow result cannot be serialized: {exc}", run_id=self.run_id
+            )
+            await self._finish_failed(err)
+            return
+        await self._append(RunCompleted, result=result)
+        logger.info("run.completed", run_id=self.run_id, workflow=self.context.workflow)
 
     async def _finish_failed(self, exc: Exception) -> None:
         if isinstance(exc, StepFailedError):

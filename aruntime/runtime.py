@@ -237,7 +237,9 @@ class Runtime:
         try:
             await self.store.append(run_id, (event,), 0)
         except ConcurrencyError:
-            return await self._existing(run_id, workflow, encoded)
+            handle = await self._existing(run_id, workflow, encoded)
+            await self._adopt(run_id)
+            return handle
         state = RunState()
         fold_into(state, (event,))
         logger.info("run.started", run_id=run_id, workflow=workflow.name)
@@ -258,6 +260,19 @@ class Runtime:
         ):
             raise RunIdConflictError(run_id, "with other arguments")
         return RunHandle(self, run_id)
+
+    async def _adopt(self, run_id: str) -> None:
+        """Supervise an existing unfinished, unparked run that no task here runs.
+
+        That is a run whose `RunStarted` was committed although its append reported an
+        error (an ambiguous commit): the start that is retried finds it, and runs it.
+        """
+        supervisor = self._require_supervisor()
+        if supervisor.supervising(run_id):
+            return
+        info = await self.store.get_run(run_id)
+        if info is not None and not info.status.terminal and not info.parked:
+            supervisor.spawn(run_id)
 
     def _canonical(self, run_id: str, text: str) -> str:
         """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""

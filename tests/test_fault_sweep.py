@@ -1,0 +1,277 @@
+"""Every store operation of a run, made to fail in turn: nothing durable is lost or doubled.
+
+The n-th operation sweep: a five-step run (one step fails once and is retried) is run once
+cleanly to count its store operations, then once per operation n and per mode with the
+n-th operation failing:
+
+* `before`: the operation raises `StoreError` and does nothing (a failed write);
+* `after`: the operation takes effect, then raises `StoreError` (an ambiguous commit: the
+  caller cannot tell that its append is durable).
+
+Whatever fails, the run must end completed with the right result, its log dense and
+accepted by `replay`, every position completed exactly once, and no step body run after
+its completion was durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import structlog
+from conftest import STORES
+from run_helpers import start
+
+from aruntime import (
+    RetryPolicy,
+    RunStatus,
+    Runtime,
+    current_step,
+    replay,
+    step,
+    workflow,
+)
+from aruntime.errors import StoreError
+from aruntime.events import Event, RunCompleted, StepCompleted
+from aruntime.state import RunState
+from aruntime.store import EventStore, MemoryStore, RunInfo
+from aruntime.testing import FakeClock, FaultyStore
+
+Mode = Literal["before", "after"]
+
+bodies: list[tuple[str, int, int]] = []
+"""(run id, position, attempt) of every body that ran, in order."""
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    """Give every case an empty body record."""
+    bodies.clear()
+
+
+@step(retry=RetryPolicy(max_attempts=3, initial_delay=1.0, jitter=0.0))
+async def add(value: int, amount: int) -> int:
+    here = current_step()
+    bodies.append((here.run_id, here.position, here.attempt))
+    if amount == 3 and here.attempt == 1:
+        raise ConnectionError("flaky on the first attempt")
+    return value + amount
+
+
+@workflow
+async def five_adds(start_at: int) -> int:
+    value = start_at
+    for amount in range(1, 6):
+        value = await add(value, amount)
+    return value
+
+
+class SweepStore:
+    """Wraps a store; counts every operation and fails the n-th one, once, as `mode` says."""
+
+    def __init__(self, inner: EventStore, fail_at: int | None, mode: Mode) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+        self.mode = mode
+        self.operations = 0
+        self.failed: str | None = None
+
+    def _due(self, name: str) -> bool:
+        self.operations += 1
+        if self.operations != self.fail_at:
+            return False
+        self.failed = name
+        return True
+
+    def _fault(self) -> StoreError:
+        return StoreError(f"injected fault {self.mode} operation {self.fail_at} ({self.failed})")
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
+        due = self._due("append")
+        if due and self.mode == "before":
+            raise self._fault()
+        await self.inner.append(run_id, events, expected_sequence)
+        if due:
+            raise self._fault()
+
+    async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
+        due = self._due("events_for")
+        if due and self.mode == "before":
+            raise self._fault()
+        events = await self.inner.events_for(run_id, after)
+        if due:
+            raise self._fault()
+        return events
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        due = self._due("get_run")
+        if due and self.mode == "before":
+            raise self._fault()
+        info = await self.inner.get_run(run_id)
+        if due:
+            raise self._fault()
+        return info
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        parked: bool | None = None,
+        limit: int | None = None,
+    ) -> list[RunInfo]:
+        due = self._due("list_runs")
+        if due and self.mode == "before":
+            raise self._fault()
+        infos = await self.inner.list_runs(status=status, parked=parked, limit=limit)
+        if due:
+            raise self._fault()
+        return infos
+
+    async def park(self, run_id: str, reason: str) -> None:
+        due = self._due("park")
+        if due and self.mode == "before":
+            raise self._fault()
+        await self.inner.park(run_id, reason)
+        if due:
+            raise self._fault()
+
+    async def unpark(self, run_id: str) -> None:
+        due = self._due("unpark")
+        if due and self.mode == "before":
+            raise self._fault()
+        await self.inner.unpark(run_id)
+        if due:
+            raise self._fault()
+
+
+EXPECTED = 100 + 1 + 2 + 3 + 4 + 5
+
+
+async def _run_once(
+    inner: EventStore, fail_at: int | None, mode: Mode
+) -> tuple[SweepStore, list[Event]]:
+    """Run `five_adds` to its end on a store whose `fail_at`-th operation fails; return
+    the wrapper and the log as the store holds it afterwards."""
+    store = SweepStore(inner, fail_at, mode)
+    try:
+        result = None
+        for session in range(2):
+            try:
+                result = await _session(store)
+                break
+            except StoreError:
+                # The fault hit the runtime's start-up (its scan for runs to resume):
+                # entering again is the application's remedy.
+                if session:
+                    raise
+        assert result == EXPECTED
+        return store, await inner.events_for("sweep")
+    finally:
+        await inner.aclose()
+
+
+async def _session(store: EventStore) -> int:
+    """Start the run (again, if the first start fails) and wait for its result."""
+    async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
+        try:
+            handle = await start(rt, five_adds, 100, run_id="sweep")
+        except StoreError:
+            # The start failed; starting again is the caller's remedy, and idempotent.
+            handle = await start(rt, five_adds, 100, run_id="sweep")
+        try:
+            return await handle.result()
+        except StoreError:
+            return await handle.result()
+
+
+def _check_log(events: list[Event]) -> RunState:
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    state = replay(events)
+    assert state.status is RunStatus.COMPLETED
+    completions = [e.position for e in events if isinstance(e, StepCompleted)]
+    assert completions == [1, 2, 3, 4, 5]
+    return state
+
+
+def _check_bodies(events: list[Event]) -> None:
+    """No body ran again after its step's completion was durable."""
+    done = {e.position: e.attempt for e in events if isinstance(e, StepCompleted)}
+    for _, position, attempt in bodies:
+        assert attempt <= done[position]
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path]:
+    return request.param, tmp_path
+
+
+async def _sweep(kind: str, directory: Path, mode: Mode) -> list[str]:
+    clean, _ = await _run_once(STORES[kind](directory / "clean"), None, mode)
+    assert clean.operations > 10
+    failed: list[str] = []
+    for n in range(1, clean.operations + 1):
+        bodies.clear()
+        case = directory / f"{mode}-{n}"
+        case.mkdir()
+        async with asyncio.timeout(10):  # a stranded run would wait forever
+            store, events = await _run_once(STORES[kind](case), n, mode)
+        assert store.failed is not None, f"operation {n} was never reached"
+        failed.append(store.failed)
+        _check_log(events)
+        _check_bodies(events)
+    return failed
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+async def test_any_failed_store_operation_loses_and_doubles_nothing(
+    make_store: tuple[str, Path], mode: Mode
+) -> None:
+    """Failing each store operation of a run in turn, before or after it takes effect,
+    still ends the run completed once, with a dense log and every step recorded once."""
+    kind, directory = make_store
+    (directory / "clean").mkdir()
+    failed = await _sweep(kind, directory, mode)
+    assert {"list_runs", "append"} <= set(failed)
+
+
+async def test_retried_start_after_an_ambiguous_commit_runs_the_run() -> None:
+    """A start whose RunStarted was committed although the store reported an error: the
+    retried start finds the run and this runtime runs it to its end."""
+    store = SweepStore(MemoryStore(), fail_at=2, mode="after")  # 1 is the resume scan
+    async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
+        with pytest.raises(StoreError):
+            await start(rt, five_adds, 100, run_id="ambiguous")
+        assert store.failed == "append"
+        handle = await start(rt, five_adds, 100, run_id="ambiguous")
+        assert await handle.result() == EXPECTED
+    _check_log(await store.events_for("ambiguous"))
+
+
+async def test_failed_final_append_respawns_with_the_store_error_as_cause() -> None:
+    """A store error on the RunCompleted append respawns the run; the logged cause is the
+    store's error, not the runner's internal unwinding."""
+    failed: list[bool] = []
+
+    def once_on_completion(run_id: str, events: Sequence[Event]) -> bool:
+        if isinstance(events[0], RunCompleted) and not failed:
+            failed.append(True)
+            return True
+        return False
+
+    store = FaultyStore(MemoryStore(), fail_append=once_on_completion)
+    with structlog.testing.capture_logs() as logs:
+        async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
+            handle = await start(rt, five_adds, 100, run_id="final")
+            assert await handle.result() == EXPECTED
+    respawned = [entry for entry in logs if entry["event"] == "run.respawned"]
+    assert [entry["cause"] for entry in respawned] == ["StoreError: injected store fault"]
+    _check_log(await store.events_for("final"))
