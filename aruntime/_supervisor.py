@@ -4,9 +4,13 @@ Every run task belongs to the runtime's task group. A task loops: read and fold 
 run the workflow to its end with a fresh `Runner`, and return. If the runner dies for any
 reason other than the workflow's own outcome (a bug, a store error, an injected crash, an
 unexpected BaseException from a step body) the loop throws away the in-memory state,
-replays the log and tries again, within a restart budget (`RestartBudget`). Past the budget
-the run is parked: marked in the store's index with the reason, visible in `runs list`,
-and left alone until `Runtime.resume()` (or a fixed deployment and a resume) clears it.
+replays the log and tries again, within a restart budget (`RestartBudget`). The first
+respawn is immediate and later ones in the budget's window back off (0.1 s, 0.2 s, ...),
+so that a store outage of a few seconds is ridden out rather than spending the budget at
+once. Past the budget the run is parked: marked in the store's index with the reason,
+visible in `runs list`, and left alone until `Runtime.resume()` (or a fixed deployment and
+a resume) clears it. A park the store refuses is tried again, backing off, for as long as
+it takes: the run stays with its task meanwhile, never unfinished with nobody running it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
 `UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
 A `ConcurrencyError` stops the stale runner like any other death: the respawned one
@@ -50,20 +54,39 @@ _PARK_AT_ONCE = (NonDeterminismError, UnknownWorkflowError, CorruptLogError, Ser
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestartBudget:
-    """How often a run may be respawned before it is parked."""
+    """How often, and how soon, a run is respawned before it is parked."""
 
     max_restarts: int = 5
     """Respawns allowed within `window`; one more parks the run."""
     window: float = 60.0
     """Seconds over which respawns are counted."""
+    initial_delay: float = 0.1
+    """Seconds before the second respawn within `window` (the first is at once); each
+    later one waits twice as long, so that an outage of the store does not spend the
+    whole budget in an instant."""
+    max_delay: float = 30.0
+    """The longest wait before a respawn, and between two attempts to park a run."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
-        if not (isinstance(self.window, int | float) and math.isfinite(self.window)):
-            raise ConfigError(f"window must be a finite number of seconds, got {self.window!r}")
+        for name in ("window", "initial_delay", "max_delay"):
+            seconds = getattr(self, name)
+            if not (isinstance(seconds, int | float) and math.isfinite(seconds)):
+                raise ConfigError(f"{name} must be a finite number of seconds, got {seconds!r}")
         if self.window <= 0:
             raise ConfigError(f"window must be > 0 seconds, got {self.window!r}")
+        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
+            raise ConfigError(
+                f"need 0 <= initial_delay <= max_delay, got {self.initial_delay!r} and "
+                f"{self.max_delay!r}"
+            )
+
+    def delay(self, restarts: int) -> float:
+        """Seconds to wait before the respawn that makes `restarts` within the window."""
+        if restarts <= 1:
+            return 0.0
+        return min(self.max_delay, self.initial_delay * 2.0 ** min(restarts - 2, 64))
 
 
 @dataclass(slots=True)
@@ -219,9 +242,16 @@ class Supervisor:
             )
             return False
         self.stats.respawned += 1
+        delay = self._budget.delay(len(restarts))
         logger.warning(
-            "run.respawned", run_id=run_id, restarts=len(restarts), cause=_describe(reason)
+            "run.respawned",
+            run_id=run_id,
+            restarts=len(restarts),
+            delay=delay,
+            cause=_describe(reason),
         )
+        if delay:
+            await self._clock.sleep(delay)
         return True
 
     def _runner_for(self, run_id: str, state: RunState, lock: asyncio.Lock) -> Runner:
@@ -240,13 +270,22 @@ class Supervisor:
         )
 
     async def _park(self, run_id: str, reason: BaseException | str) -> None:
+        """Mark the run parked; while the store refuses, keep the run here and try again."""
         text = reason if isinstance(reason, str) else _describe(reason)
         self.stats.parked += 1
         logger.error("run.parked", run_id=run_id, reason=text)
-        try:
-            await self._store.park(run_id, text)
-        except Exception as exc:  # the store is failing too: the run stays unfinished
-            logger.error("run.park_failed", run_id=run_id, reason=text, error=str(exc))
+        delay = self._budget.initial_delay
+        while True:
+            try:
+                await self._store.park(run_id, text)
+            except Exception as exc:  # the store is failing too: never drop the run
+                logger.error(
+                    "run.park_failed", run_id=run_id, reason=text, error=str(exc), retry_in=delay
+                )
+                await self._clock.sleep(delay)
+                delay = min(max(delay * 2.0, 0.001), self._budget.max_delay)
+            else:
+                return
 
 
 def _describe(cause: BaseException | str) -> str:

@@ -27,6 +27,7 @@ from run_helpers import start
 
 from aruntime import (
     RetryPolicy,
+    RunParkedError,
     RunStatus,
     Runtime,
     current_step,
@@ -275,3 +276,48 @@ async def test_failed_final_append_respawns_with_the_store_error_as_cause() -> N
     respawned = [entry for entry in logs if entry["event"] == "run.respawned"]
     assert [entry["cause"] for entry in respawned] == ["StoreError: injected store fault"]
     _check_log(await store.events_for("final"))
+
+
+class OutageStore(SweepStore):
+    """Every operation from the `begin`-th fails for `length` operations: a store outage."""
+
+    def __init__(self, inner: EventStore, begin: int, length: int) -> None:
+        super().__init__(inner, None, "before")
+        self.window = range(begin, begin + length)
+
+    def _due(self, name: str) -> bool:
+        self.operations += 1
+        if self.operations in self.window:
+            self.failed = name
+            return True
+        return False
+
+
+@pytest.mark.parametrize("length", [3, 40], ids=["short", "long"])
+async def test_store_outage_ends_completed_or_parked_never_stranded(
+    make_store: tuple[str, Path], length: int
+) -> None:
+    """An outage during a run either is ridden out (the respawns back off) or parks the
+    run once the budget is spent; a parked run resumes to the right result, and a run is
+    never left unfinished with no task to run it."""
+    kind, directory = make_store
+    inner = STORES[kind](directory)
+    store = OutageStore(inner, begin=4, length=length)
+    try:
+        async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
+            handle = await start(rt, five_adds, 100, run_id="outage")
+            async with asyncio.timeout(10):
+                try:
+                    result = await handle.result()
+                except RunParkedError:
+                    assert length == 40
+                    await rt.resume("outage")
+                    result = await handle.result()
+                else:
+                    assert length == 3
+        assert result == EXPECTED
+        events = await inner.events_for("outage")
+    finally:
+        await inner.aclose()
+    _check_log(events)
+    _check_bodies(events)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import structlog
 from run_helpers import kinds, start, wait_until
 
 from aruntime import (
@@ -24,6 +25,7 @@ from aruntime import (
     step,
     workflow,
 )
+from aruntime.errors import ConfigError, StoreError
 from aruntime.events import Event, RunCompleted, StepCompleted, StepFailed, StepStarted
 from aruntime.testing import FakeClock, FaultyStore, crash_run
 
@@ -264,6 +266,66 @@ async def test_run_is_parked_after_the_restart_budget_with_a_visible_reason() ->
     assert "Meltdown: reactor" in reason
     assert info.value.run_id == "m"
     assert info.value.reason == reason
+
+
+async def test_repeated_respawns_back_off_exponentially() -> None:
+    """The first respawn in the window is immediate; each later one waits twice as long."""
+    clock = FakeClock(autojump=True)
+    budget = RestartBudget(max_restarts=4, window=60, initial_delay=0.5, max_delay=1.5)
+    async with Runtime(clock=clock, config=RuntimeConfig(restart_budget=budget)) as rt:
+        handle = await start(rt, meltdown, run_id="m")
+        with pytest.raises(RunParkedError):
+            await handle.result()
+        assert rt.stats.respawned == 4
+    assert clock.sleeps == [0.5, 1.0, 1.5]
+
+
+class ParkRefused(FaultyStore):
+    """A store that refuses the first `refusals` parks, as during an outage."""
+
+    def __init__(self, inner: EventStore, refusals: int) -> None:
+        super().__init__(inner)
+        self.refusals = refusals
+        self.parks = 0
+
+    async def park(self, run_id: str, reason: str) -> None:
+        self.parks += 1
+        if self.parks <= self.refusals:
+            raise StoreError("database is locked")
+        await super().park(run_id, reason)
+
+
+async def test_run_whose_parking_fails_stays_supervised_until_it_is_parked() -> None:
+    """A run past its budget whose park the store refuses is not dropped: the supervisor
+    keeps it and tries again, backing off, until the park is durable."""
+    store = ParkRefused(MemoryStore(), refusals=3)
+    clock = FakeClock(autojump=True)
+    with structlog.testing.capture_logs() as logs:
+        async with Runtime(store, clock=clock, config=BUDGET) as rt:
+            handle = await start(rt, meltdown, run_id="m")
+            with pytest.raises(RunParkedError):
+                await handle.result()
+    assert store.parks == 4
+    refused = [entry["retry_in"] for entry in logs if entry["event"] == "run.park_failed"]
+    assert refused == [0.1, 0.2, 0.4]
+    assert [p.run_id for p in await store.list_runs(parked=True)] == ["m"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial_delay": -1.0},
+        {"initial_delay": 2.0, "max_delay": 1.0},
+        {"max_delay": float("inf")},
+        {"window": 0},
+        {"max_restarts": -1},
+    ],
+    ids=["negative-delay", "max-below-initial", "infinite-max", "empty-window", "negative-max"],
+)
+def test_invalid_restart_budget_is_a_config_error(options: dict[str, float]) -> None:
+    """A restart budget that cannot be honoured is refused when it is made."""
+    with pytest.raises(ConfigError):
+        RestartBudget(**options)  # type: ignore[arg-type]
 
 
 STORE_FAULTS: dict[str, tuple[type[Event], list[str], int]] = {
