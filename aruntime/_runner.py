@@ -155,9 +155,7 @@ class Runner:
     async def _run(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         try:
             value = await self._workflow.fn(*args, **kwargs)
-        except _Abort:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the workflow's own failure (an _Abort is no Exception)
             self._raise_if_aborted()
             self._check_no_unvisited_steps()
             await self._finish_failed(exc)
