@@ -115,19 +115,25 @@ class BulkStatement:
     One execution per row (`executemany`) costs a round trip through the driver and a
     release of the GIL per row; a VALUES list of up to 128 rows costs one. Row counts
     are split into powers of two so that SQLite's statement cache holds every variant.
+    A lone row, the common case when appends come one at a time, goes through `single`
+    (by default the one-row VALUES form) without the splitting.
     """
 
-    __slots__ = ("_sql", "_width")
+    __slots__ = ("_single", "_sql", "_width")
 
     _SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
 
-    def __init__(self, template: str, width: int) -> None:
+    def __init__(self, template: str, width: int, single: str | None = None) -> None:
         row = "(" + ", ".join("?" * width) + ")"
         self._sql = {size: template.format(values=", ".join([row] * size)) for size in self._SIZES}
+        self._single = single if single is not None else self._sql[1]
         self._width = width
 
     def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Execute the statement over `rows`, each a row of parameters."""
+        if len(rows) == 1:
+            conn.execute(self._single, rows[0])
+            return
         params = list(itertools.chain.from_iterable(rows))
         width, start, left = self._width, 0, len(rows)
         for size in self._SIZES:
@@ -149,6 +155,7 @@ MOVE_RUNS = BulkStatement(
     "UPDATE runs SET version = moved.version, updated_at = moved.updated_at "
     "FROM moved WHERE runs.run_id = moved.run_id",
     3,
+    single="UPDATE runs SET version = ?, updated_at = ? WHERE run_id = ?",
 )
 """Follow appends that leave the status alone (and so the status index untouched)."""
 MOVE_RUNS_STATUS = BulkStatement(
@@ -156,6 +163,7 @@ MOVE_RUNS_STATUS = BulkStatement(
     "UPDATE runs SET status = moved.status, version = moved.version, "
     "updated_at = moved.updated_at FROM moved WHERE runs.run_id = moved.run_id",
     4,
+    single="UPDATE runs SET status = ?, version = ?, updated_at = ? WHERE run_id = ?",
 )
 _PARK_RUN = "UPDATE runs SET parked_reason = ? WHERE run_id = ?"
 _RUN_COLUMNS = "run_id, workflow, status, version, created_at, updated_at, parked_reason"
