@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 from aruntime.errors import StoreError
 from aruntime.events import Event
@@ -22,6 +23,8 @@ from aruntime.state import RunState, RunStatus
 from aruntime.store import EventStore, RunInfo
 
 __all__ = ["FakeClock", "FaultyStore", "crash_run"]
+
+_T = TypeVar("_T")
 
 
 class FakeClock:
@@ -94,24 +97,45 @@ async def crash_run(runtime: Runtime, run_id: str) -> tuple[RunState, RunState]:
 class FaultyStore:
     """Wraps a store and makes chosen calls fail, for fault-injection tests.
 
-    `fail_append` decides, for each append (run id, events), whether it raises; the
-    default raises a `StoreError` for the appends numbered in `fail_appends` (counted
-    from 1 across the store).
+    Every call is counted from 1 across the store (`operations`); a call fails with
+    `error()` when its number is in `fail_operations`, or, for appends, when its number
+    among the appends is in `fail_appends` or `fail_append(run_id, events)` says so.
+    With `ambiguous=True` a failing call first takes effect and then raises, as a commit
+    whose acknowledgement is lost: the caller cannot tell that its append is durable.
+    `failed` names the calls that failed, in order.
+
+    Example:
+        store = FaultyStore(MemoryStore(), fail_operations=range(5, 15))   # an outage
     """
 
     def __init__(
         self,
         inner: EventStore,
         *,
-        fail_appends: Sequence[int] = (),
+        fail_operations: Iterable[int] = (),
+        fail_appends: Iterable[int] = (),
         fail_append: Callable[[str, Sequence[Event]], bool] | None = None,
+        ambiguous: bool = False,
         error: Callable[[], BaseException] = lambda: StoreError("injected store fault"),
     ) -> None:
         self.inner = inner
+        self.operations = 0
         self.appends = 0
-        self._fail_appends = set(fail_appends)
+        self.failed: list[str] = []
+        self._fail_operations = frozenset(fail_operations)
+        self._fail_appends = frozenset(fail_appends)
         self._fail_append = fail_append
+        self._ambiguous = ambiguous
         self._error = error
+
+    async def _call(self, name: str, call: Callable[[], Awaitable[_T]], fails: bool = False) -> _T:
+        self.operations += 1
+        if not (fails or self.operations in self._fail_operations):
+            return await call()
+        self.failed.append(name)
+        if self._ambiguous:
+            await call()
+        raise self._error()
 
     async def open(self) -> None:
         await self.inner.open()
@@ -121,17 +145,18 @@ class FaultyStore:
 
     async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
         self.appends += 1
-        if self.appends in self._fail_appends or (
+        fails = self.appends in self._fail_appends or (
             self._fail_append is not None and self._fail_append(run_id, events)
-        ):
-            raise self._error()
-        await self.inner.append(run_id, events, expected_sequence)
+        )
+        await self._call(
+            "append", lambda: self.inner.append(run_id, events, expected_sequence), fails
+        )
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
-        return await self.inner.events_for(run_id, after)
+        return await self._call("events_for", lambda: self.inner.events_for(run_id, after))
 
     async def get_run(self, run_id: str) -> RunInfo | None:
-        return await self.inner.get_run(run_id)
+        return await self._call("get_run", lambda: self.inner.get_run(run_id))
 
     async def list_runs(
         self,
@@ -140,10 +165,12 @@ class FaultyStore:
         parked: bool | None = None,
         limit: int | None = None,
     ) -> list[RunInfo]:
-        return await self.inner.list_runs(status=status, parked=parked, limit=limit)
+        return await self._call(
+            "list_runs", lambda: self.inner.list_runs(status=status, parked=parked, limit=limit)
+        )
 
     async def park(self, run_id: str, reason: str) -> None:
-        await self.inner.park(run_id, reason)
+        await self._call("park", lambda: self.inner.park(run_id, reason))
 
     async def unpark(self, run_id: str) -> None:
-        await self.inner.unpark(run_id)
+        await self._call("unpark", lambda: self.inner.unpark(run_id))

@@ -38,7 +38,7 @@ from aruntime import (
 from aruntime.errors import StoreError
 from aruntime.events import Event, RunCompleted, StepCompleted
 from aruntime.state import RunState
-from aruntime.store import EventStore, MemoryStore, RunInfo
+from aruntime.store import EventStore, MemoryStore
 from aruntime.testing import FakeClock, FaultyStore
 
 Mode = Literal["before", "after"]
@@ -70,99 +70,17 @@ async def five_adds(start_at: int) -> int:
     return value
 
 
-class SweepStore:
-    """Wraps a store; counts every operation and fails the n-th one, once, as `mode` says."""
-
-    def __init__(self, inner: EventStore, fail_at: int | None, mode: Mode) -> None:
-        self.inner = inner
-        self.fail_at = fail_at
-        self.mode = mode
-        self.operations = 0
-        self.failed: str | None = None
-
-    def _due(self, name: str) -> bool:
-        self.operations += 1
-        if self.operations != self.fail_at:
-            return False
-        self.failed = name
-        return True
-
-    def _fault(self) -> StoreError:
-        return StoreError(f"injected fault {self.mode} operation {self.fail_at} ({self.failed})")
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
-        due = self._due("append")
-        if due and self.mode == "before":
-            raise self._fault()
-        await self.inner.append(run_id, events, expected_sequence)
-        if due:
-            raise self._fault()
-
-    async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
-        due = self._due("events_for")
-        if due and self.mode == "before":
-            raise self._fault()
-        events = await self.inner.events_for(run_id, after)
-        if due:
-            raise self._fault()
-        return events
-
-    async def get_run(self, run_id: str) -> RunInfo | None:
-        due = self._due("get_run")
-        if due and self.mode == "before":
-            raise self._fault()
-        info = await self.inner.get_run(run_id)
-        if due:
-            raise self._fault()
-        return info
-
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        parked: bool | None = None,
-        limit: int | None = None,
-    ) -> list[RunInfo]:
-        due = self._due("list_runs")
-        if due and self.mode == "before":
-            raise self._fault()
-        infos = await self.inner.list_runs(status=status, parked=parked, limit=limit)
-        if due:
-            raise self._fault()
-        return infos
-
-    async def park(self, run_id: str, reason: str) -> None:
-        due = self._due("park")
-        if due and self.mode == "before":
-            raise self._fault()
-        await self.inner.park(run_id, reason)
-        if due:
-            raise self._fault()
-
-    async def unpark(self, run_id: str) -> None:
-        due = self._due("unpark")
-        if due and self.mode == "before":
-            raise self._fault()
-        await self.inner.unpark(run_id)
-        if due:
-            raise self._fault()
-
-
 EXPECTED = 100 + 1 + 2 + 3 + 4 + 5
 
 
 async def _run_once(
     inner: EventStore, fail_at: int | None, mode: Mode
-) -> tuple[SweepStore, list[Event]]:
+) -> tuple[FaultyStore, list[Event]]:
     """Run `five_adds` to its end on a store whose `fail_at`-th operation fails; return
     the wrapper and the log as the store holds it afterwards."""
-    store = SweepStore(inner, fail_at, mode)
+    store = FaultyStore(
+        inner, fail_operations=() if fail_at is None else (fail_at,), ambiguous=mode == "after"
+    )
     try:
         result = None
         for session in range(2):
@@ -225,8 +143,8 @@ async def _sweep(kind: str, directory: Path, mode: Mode) -> list[str]:
         case.mkdir()
         async with asyncio.timeout(10):  # a stranded run would wait forever
             store, events = await _run_once(STORES[kind](case), n, mode)
-        assert store.failed is not None, f"operation {n} was never reached"
-        failed.append(store.failed)
+        assert len(store.failed) == 1, f"operation {n} was never reached"
+        failed += store.failed
         _check_log(events)
         _check_bodies(events)
     return failed
@@ -247,11 +165,11 @@ async def test_any_failed_store_operation_loses_and_doubles_nothing(
 async def test_retried_start_after_an_ambiguous_commit_runs_the_run() -> None:
     """A start whose RunStarted was committed although the store reported an error: the
     retried start finds the run and this runtime runs it to its end."""
-    store = SweepStore(MemoryStore(), fail_at=2, mode="after")  # 1 is the resume scan
+    store = FaultyStore(MemoryStore(), fail_operations=[2], ambiguous=True)  # 1: resume scan
     async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
         with pytest.raises(StoreError):
             await start(rt, five_adds, 100, run_id="ambiguous")
-        assert store.failed == "append"
+        assert store.failed == ["append"]
         handle = await start(rt, five_adds, 100, run_id="ambiguous")
         assert await handle.result() == EXPECTED
     _check_log(await store.events_for("ambiguous"))
@@ -278,21 +196,6 @@ async def test_failed_final_append_respawns_with_the_store_error_as_cause() -> N
     _check_log(await store.events_for("final"))
 
 
-class OutageStore(SweepStore):
-    """Every operation from the `begin`-th fails for `length` operations: a store outage."""
-
-    def __init__(self, inner: EventStore, begin: int, length: int) -> None:
-        super().__init__(inner, None, "before")
-        self.window = range(begin, begin + length)
-
-    def _due(self, name: str) -> bool:
-        self.operations += 1
-        if self.operations in self.window:
-            self.failed = name
-            return True
-        return False
-
-
 @pytest.mark.parametrize("length", [3, 40], ids=["short", "long"])
 async def test_store_outage_ends_completed_or_parked_never_stranded(
     make_store: tuple[str, Path], length: int
@@ -302,7 +205,7 @@ async def test_store_outage_ends_completed_or_parked_never_stranded(
     never left unfinished with no task to run it."""
     kind, directory = make_store
     inner = STORES[kind](directory)
-    store = OutageStore(inner, begin=4, length=length)
+    store = FaultyStore(inner, fail_operations=range(4, 4 + length))
     try:
         async with Runtime(store, clock=FakeClock(autojump=True), workflows=[five_adds]) as rt:
             handle = await start(rt, five_adds, 100, run_id="outage")
