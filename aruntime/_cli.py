@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -360,30 +361,34 @@ def _info_json(info: RunInfo) -> dict[str, Any]:
 
 def _state_json(state: RunState) -> dict[str, Any]:
     steps = [
-        {
-            "position": s.position,
-            "step": s.step,
-            "status": s.status.value,
-            "attempts": s.attempts,
-            "result": s.result,
-            "error_type": s.error_type,
-            "error_message": s.error_message,
-            "retry_at": _iso(s.retry_at),
-            "started_at": _iso(s.started_at),
-            "finished_at": _iso(s.finished_at),
-        }
+        _with_values(
+            {
+                "position": s.position,
+                "step": s.step,
+                "status": s.status.value,
+                "attempts": s.attempts,
+                "result": s.result,
+                "error_type": s.error_type,
+                "error_message": s.error_message,
+                "retry_at": _iso(s.retry_at),
+                "started_at": _iso(s.started_at),
+                "finished_at": _iso(s.finished_at),
+            }
+        )
         for s in sorted(state.steps.values(), key=lambda s: s.position)
     ]
-    return {
-        "status": state.status.value,
-        "version": state.version,
-        "result": state.result,
-        "error_type": state.error_type,
-        "error_message": state.error_message,
-        "started_at": _iso(state.started_at),
-        "finished_at": _iso(state.finished_at),
-        "steps": steps,
-    }
+    return _with_values(
+        {
+            "status": state.status.value,
+            "version": state.version,
+            "result": state.result,
+            "error_type": state.error_type,
+            "error_message": state.error_message,
+            "started_at": _iso(state.started_at),
+            "finished_at": _iso(state.finished_at),
+            "steps": steps,
+        }
+    )
 
 
 def _event_json(event: Event) -> dict[str, Any]:
@@ -392,4 +397,15 @@ def _event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, StepFailed):
         document["retry_at"] = _iso(event.retry_at)
         document["retry_wait"] = None if event.retry_at is None else event.retry_at - event.at
+    return _with_values(document)
+
+
+def _with_values(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with `result_value` / `args_value` beside `result` / `args`: the recorded
+    text decoded, when it is JSON (the default serializer's); the text stays as recorded."""
+    for key in ("result", "args"):
+        text = document.get(key)
+        if isinstance(text, str):
+            with contextlib.suppress(ValueError):  # not JSON: a serializer of the user's own
+                document[f"{key}_value"] = json.loads(text)
     return document

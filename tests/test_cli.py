@@ -182,6 +182,21 @@ def test_runs_show_json_has_state_and_events(db: Path, capsys: pytest.CaptureFix
     assert events[4]["retry_wait"] is None
 
 
+def test_runs_show_json_decodes_recorded_results_beside_their_text(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--json` gives each recorded result both as recorded and decoded (`result_value`)."""
+    code, out, _ = cli(capsys, "runs", "show", "greeting", "--db", db, "--json")
+    assert code == 0
+    document: dict[str, Any] = json.loads(out)
+    state = document["state"]
+    assert json.loads(state["result"]) == state["result_value"]
+    assert "result_value" in state["steps"][0]
+    started = document["events"][0]
+    assert started["type"] == "RunStarted"
+    assert json.loads(started["args"]) == started["args_value"]
+
+
 def test_runs_show_unknown_run_exits_1(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An id the database does not hold is a clear error with exit code 1."""
     code, out, err = cli(capsys, "runs", "show", "nobody", "--db", db)
