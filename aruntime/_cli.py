@@ -206,15 +206,21 @@ async def _read_only(path: Path, command: _Command, args: argparse.Namespace) ->
     try:
         await store.open()
     except AruntimeError as exc:
-        _error(f"cannot read {path}: {exc}")
+        _error(_unreadable(path, store.path, exc))
         return EXIT_USAGE
     try:
         return await command(store, args)
     except AruntimeError as exc:  # a damaged log or file: say which, keep the traceback out
-        _error(f"cannot read {path}: {exc}")
+        _error(_unreadable(path, store.path, exc))
         return EXIT_FAILED
     finally:
         await store.aclose()
+
+
+def _unreadable(path: Path, absolute: Path, exc: AruntimeError) -> str:
+    """The message for a database that cannot be read, naming the file once."""
+    text = str(exc).removeprefix(f"{absolute}: ")
+    return f"cannot read {path}: {text}"
 
 
 async def _list(store: EventStore, args: argparse.Namespace) -> int:

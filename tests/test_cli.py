@@ -225,6 +225,7 @@ def test_a_file_that_is_not_a_store_exits_2(
     code, _, err = cli(capsys, "runs", "list", "--db", path)
     assert code == 2
     assert f"cannot read {path}" in err
+    assert err.count(str(path)) == 1
     assert path.read_text() == "not a database"
 
 
