@@ -6,11 +6,12 @@ reason other than the workflow's own outcome (a bug, a store error, an injected 
 unexpected BaseException from a step body) the loop throws away the in-memory state,
 replays the log and tries again, within a restart budget (`RestartBudget`). The first
 respawn is immediate and later ones in the budget's window back off (0.1 s, 0.2 s, ...),
-so that a store outage of a few seconds is ridden out rather than spending the budget at
-once. Past the budget the run is parked: marked in the store's index with the reason,
-visible in `runs list`, and left alone until `Runtime.resume()` (or a fixed deployment and
-a resume) clears it. A park the store refuses is tried again, backing off, for as long as
-it takes: the run stays with its task meanwhile, never unfinished with nobody running it.
+so that a brief store outage (about 1.5 s with the default budget) is ridden out rather
+than spending the budget at once. Past the budget the run is parked: marked in the
+store's index with the reason, visible in `runs list`, and left alone until
+`Runtime.resume()` (or a fixed deployment and a resume) clears it. A park the store
+refuses with a `StoreError` is tried again, backing off, for as long as it takes: the run
+stays with its task meanwhile, never unfinished with nobody running it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
 `UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
 A `ConcurrencyError` stops the stale runner like any other death: the respawned one
@@ -38,6 +39,7 @@ from aruntime.errors import (
     CorruptLogError,
     NonDeterminismError,
     SerializationError,
+    StoreError,
     UnknownWorkflowError,
 )
 from aruntime.state import RunState, fold_into, replay
@@ -134,6 +136,7 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, Runner] = {}
         self._crashes: dict[str, _Crash] = {}
+        self._closing = False
         self.stats = SupervisorStats()
 
     def supervising(self, run_id: str) -> bool:
@@ -145,8 +148,9 @@ class Supervisor:
         return len(self._tasks)
 
     def spawn(self, run_id: str, state: RunState | None = None) -> None:
-        """Start supervising `run_id` (no-op if already supervised here)."""
-        if run_id in self._tasks:
+        """Start supervising `run_id` (no-op if already supervised here, or once the
+        runtime is closing: the run is durable and resumes at the next start-up)."""
+        if run_id in self._tasks or self._closing:
             return
         self.stats.spawned += 1
         self._tasks[run_id] = self._group.create_task(
@@ -154,6 +158,8 @@ class Supervisor:
         )
 
     def cancel_all(self) -> None:
+        """Cancel every run task and spawn no more."""
+        self._closing = True
         for task in self._tasks.values():
             task.cancel()
 
@@ -206,6 +212,7 @@ class Supervisor:
                     else:
                         reason = exc  # a stray CancelledError from a step body: a bug
                 except _PARK_AT_ONCE as exc:
+                    self._runners.pop(run_id, None)  # nothing runs while it parks
                     await self._park(run_id, exc)
                     return
                 except (KeyboardInterrupt, SystemExit):
@@ -278,12 +285,15 @@ class Supervisor:
         while True:
             try:
                 await self._store.park(run_id, text)
-            except Exception as exc:  # the store is failing too: never drop the run
+            except StoreError as exc:  # the store is failing too: never drop the run
                 logger.error(
                     "run.park_failed", run_id=run_id, reason=text, error=str(exc), retry_in=delay
                 )
                 await self._clock.sleep(delay)
                 delay = min(max(delay * 2.0, 0.001), self._budget.max_delay)
+            except Exception as exc:  # no retry mends this (the store lost the run)
+                logger.error("run.park_failed", run_id=run_id, reason=text, error=str(exc))
+                return
             else:
                 return
 

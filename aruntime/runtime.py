@@ -25,6 +25,7 @@ from aruntime.errors import (
     RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
+    StoreError,
 )
 from aruntime.events import RunCompleted, RunFailed, RunStarted
 from aruntime.serializer import JsonSerializer, Serializer
@@ -132,6 +133,8 @@ class Runtime:
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: Supervisor | None = None
         self._waiters: dict[str, list[asyncio.Future[RunState | None]]] = {}
+        self._uncertain_starts: set[str] = set()
+        """Runs whose RunStarted append failed here: they may be durable all the same."""
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -238,8 +241,14 @@ class Runtime:
             await self.store.append(run_id, (event,), 0)
         except ConcurrencyError:
             handle = await self._existing(run_id, workflow, encoded)
-            await self._adopt(run_id)
+            if run_id in self._uncertain_starts:
+                self._uncertain_starts.discard(run_id)
+                await self._adopt(run_id)
             return handle
+        except (StoreError, asyncio.CancelledError):
+            # The append may have been committed all the same; a retried start finds out.
+            self._uncertain_starts.add(run_id)
+            raise
         state = RunState()
         fold_into(state, (event,))
         logger.info("run.started", run_id=run_id, workflow=workflow.name)
@@ -262,10 +271,11 @@ class Runtime:
         return RunHandle(self, run_id)
 
     async def _adopt(self, run_id: str) -> None:
-        """Supervise an existing unfinished, unparked run that no task here runs.
+        """Supervise an unfinished, unparked run that this runtime failed to start.
 
         That is a run whose `RunStarted` was committed although its append reported an
-        error (an ambiguous commit): the start that is retried finds it, and runs it.
+        error here (an ambiguous commit): the start that is retried finds it, and runs it.
+        A run that another runtime started is never adopted: it has its writer.
         """
         supervisor = self._require_supervisor()
         if supervisor.supervising(run_id):

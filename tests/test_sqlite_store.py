@@ -478,6 +478,21 @@ async def test_unencodable_append_fails_alone_in_its_batch(path: Path) -> None:
         await store.append("bad", [step(2)], 1)
 
 
+async def test_append_whose_time_overflows_a_float_fails_alone(path: Path) -> None:
+    """A time too large for a float column is that append's SerializationError; the
+    batch it shares commits."""
+    async with SqliteStore(path) as store:
+        huge = RunStarted(sequence=1, at=10**400, run_id="huge", workflow="flow", args="[]")
+        async with writer_paused(store):
+            good = asyncio.ensure_future(store.append("good", log("good", 1), 0))
+            bad = asyncio.ensure_future(store.append("huge", [huge], 0))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], SerializationError)
+        assert [info.run_id for info in await store.list_runs()] == ["good"]
+
+
 @pytest.mark.parametrize(
     ("index_too", "error"), [(True, ConcurrencyError), (False, StoreCorruptError)]
 )

@@ -26,7 +26,14 @@ from aruntime import (
     workflow,
 )
 from aruntime.errors import ConfigError, StoreError
-from aruntime.events import Event, RunCompleted, StepCompleted, StepFailed, StepStarted
+from aruntime.events import (
+    Event,
+    RunCompleted,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+)
 from aruntime.testing import FakeClock, FaultyStore, crash_run
 
 entered: list[str] = []
@@ -326,6 +333,82 @@ def test_invalid_restart_budget_is_a_config_error(options: dict[str, float]) -> 
     """A restart budget that cannot be honoured is refused when it is made."""
     with pytest.raises(ConfigError):
         RestartBudget(**options)  # type: ignore[arg-type]
+
+
+async def test_repeat_start_in_a_second_runtime_leaves_the_run_to_its_writer() -> None:
+    """Starting, from a second runtime on the same store, a run the first one is running
+    returns the run without a second writer: the step body runs once."""
+    store = MemoryStore()
+    async with runtime(store) as first:
+        handle = await start(first, quick_then_gated, 1, run_id="one")
+        await wait_until(lambda: entered == ["quick", "gated 2"])
+        second = Runtime(
+            store, clock=FakeClock(autojump=True), config=RuntimeConfig(resume_on_start=False)
+        )
+        async with second:
+            again = await start(second, quick_then_gated, 1, run_id="one")
+            assert again.run_id == "one"
+            assert second.stats.spawned == 0
+            gate.set()
+            assert await handle.result() == 20
+            assert (first.stats.respawned, second.stats.spawned) == (0, 0)
+    assert entered == ["quick", "gated 2"]
+
+
+async def test_start_finishing_while_the_runtime_closes_spawns_nothing() -> None:
+    """A start whose append completes after the runtime began to close leaves the run
+    durable for the next start-up and does not hold the shutdown up."""
+    release = asyncio.Event()
+
+    class SlowStarts(MemoryStore):
+        async def append(self, run_id: str, events: Sequence[Event], expected: int) -> None:
+            if run_id == "late":
+                await release.wait()
+            await super().append(run_id, events, expected)
+
+    store = SlowStarts()
+    late: asyncio.Task[Any] | None = None
+
+    async def body_fails() -> None:
+        nonlocal late
+        async with runtime(store) as rt:
+            late = asyncio.ensure_future(start(rt, quick_then_gated, 1, run_id="late"))
+            await asyncio.sleep(0)
+            asyncio.get_running_loop().call_soon(release.set)
+            raise ValueError("the application's own error")
+
+    async with asyncio.timeout(5):
+        with pytest.raises(ValueError, match="own error"):
+            await body_fails()
+        assert late is not None
+        await late
+    assert entered == []
+    assert [info.run_id for info in await store.list_runs(status=RunStatus.RUNNING)] == ["late"]
+
+
+async def test_crash_while_parking_finds_no_live_runner() -> None:
+    """While a run waits for the store to take its park, it has no runner to crash, and
+    it stays with its task until it is parked."""
+    inner = MemoryStore()
+    await inner.append(
+        "u",
+        (
+            RunStarted(sequence=1, at=0.0, run_id="u", workflow=two_quick.name, args="[[1],{}]"),
+            StepStarted(sequence=2, at=0.0, position=1, step="renamed.step", attempt=1),
+        ),
+        0,
+    )
+    store = ParkRefused(inner, refusals=1)
+    clock = FakeClock()
+    async with Runtime(store, clock=clock, workflows=[two_quick]) as rt:
+        await wait_until(lambda: clock.sleeping == 1)  # non-deterministic: the park refused
+        with pytest.raises(LookupError):
+            await crash_run(rt, "u")
+        clock.advance(1.0)
+        with pytest.raises(RunParkedError):
+            await rt.handle("u").result()
+    assert store.parks == 2
+    assert entered == []
 
 
 STORE_FAULTS: dict[str, tuple[type[Event], list[str], int]] = {

@@ -134,7 +134,7 @@ def encode_events(run_id: str, events: Sequence[Event]) -> list[EventRow]:
         type_name, encode = encoder
         try:
             rows.append((run_id, event.sequence, type_name, float(event.at), encode(event)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(
                 f"{type_name} {event.sequence} has a field of the wrong type ({exc})",
                 run_id=run_id,

@@ -54,6 +54,7 @@ from aruntime.errors import (
     AruntimeError,
     ConcurrencyError,
     ConfigError,
+    SerializationError,
     StoreCorruptError,
     StoreError,
     StoreReadOnlyError,
@@ -366,6 +367,18 @@ class _Call(NamedTuple):
 _Job: TypeAlias = _Append | _Call
 
 
+def _encoded(job: _Append) -> list[EventRow]:
+    """The rows of an append; whatever goes wrong is that append's own error."""
+    try:
+        return encode_events(job.run_id, job.events)
+    except AruntimeError:
+        raise
+    except Exception as exc:  # an event field that even its type's converter chokes on
+        raise SerializationError(
+            f"the events cannot be encoded: {type(exc).__name__}: {exc}", run_id=job.run_id
+        ) from exc
+
+
 def _merged(earlier: _Append, later: _Append) -> _Append:
     """One append standing for two consecutive appends to a run, for its index row."""
     return later._replace(
@@ -675,7 +688,7 @@ class _Writer(_Thread):
                 continue
             run_id = job.run_id
             try:
-                job_rows = encode_events(run_id, job.events)
+                job_rows = _encoded(job)
             except AruntimeError as exc:  # this append's own fault: it fails alone
                 outcomes[position] = exc
                 continue
@@ -706,7 +719,7 @@ class _Writer(_Thread):
                 outcomes.append(self._call(conn, job))
                 continue
             try:
-                job_rows = encode_events(job.run_id, job.events)
+                job_rows = _encoded(job)
             except AruntimeError as exc:
                 outcomes.append(exc)
                 continue
