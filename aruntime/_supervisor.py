@@ -10,8 +10,8 @@ so that a brief store outage (about 1.5 s with the default budget) is ridden out
 than spending the budget at once. Past the budget the run is parked: marked in the
 store's index with the reason, visible in `runs list`, and left alone until
 `Runtime.resume()` (or a fixed deployment and a resume) clears it. A park the store
-refuses with a `StoreError` is tried again, backing off, for as long as it takes: the run
-stays with its task meanwhile, never unfinished with nobody running it.
+refuses is tried again, backing off, for as long as it takes: the run stays with its task
+meanwhile, never unfinished with nobody running it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
 `UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
 A `ConcurrencyError` stops the stale runner like any other death: the respawned one
@@ -38,8 +38,8 @@ from aruntime.errors import (
     ConfigError,
     CorruptLogError,
     NonDeterminismError,
+    RunNotFoundError,
     SerializationError,
-    StoreError,
     UnknownWorkflowError,
 )
 from aruntime.state import RunState, fold_into, replay
@@ -143,6 +143,11 @@ class Supervisor:
         return run_id in self._tasks
 
     @property
+    def closing(self) -> bool:
+        """Whether the runtime is shutting down (no run task is spawned any more)."""
+        return self._closing
+
+    @property
     def active(self) -> int:
         """How many run tasks are alive."""
         return len(self._tasks)
@@ -196,6 +201,8 @@ class Supervisor:
                         crash = self._crashes.pop(run_id, None)
                         if crash is not None:
                             crash.after.set_result(state.copy())
+                    if state.version == 0:
+                        return  # no such run: a start whose append did not commit
                     runner = self._runner_for(run_id, state, lock)
                     self._runners[run_id] = runner
                     await runner.run()
@@ -285,15 +292,14 @@ class Supervisor:
         while True:
             try:
                 await self._store.park(run_id, text)
-            except StoreError as exc:  # the store is failing too: never drop the run
+            except RunNotFoundError:
+                return  # nothing to park: the store holds no such run
+            except Exception as exc:  # the store is failing too: never drop the run
                 logger.error(
                     "run.park_failed", run_id=run_id, reason=text, error=str(exc), retry_in=delay
                 )
                 await self._clock.sleep(delay)
                 delay = min(max(delay * 2.0, 0.001), self._budget.max_delay)
-            except Exception as exc:  # no retry mends this (the store lost the run)
-                logger.error("run.park_failed", run_id=run_id, reason=text, error=str(exc))
-                return
             else:
                 return
 

@@ -133,8 +133,6 @@ class Runtime:
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: Supervisor | None = None
         self._waiters: dict[str, list[asyncio.Future[RunState | None]]] = {}
-        self._uncertain_starts: set[str] = set()
-        """Runs whose RunStarted append failed here: they may be durable all the same."""
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -240,15 +238,17 @@ class Runtime:
         try:
             await self.store.append(run_id, (event,), 0)
         except ConcurrencyError:
-            handle = await self._existing(run_id, workflow, encoded)
-            if run_id in self._uncertain_starts:
-                self._uncertain_starts.discard(run_id)
-                await self._adopt(run_id)
-            return handle
+            return await self._existing(run_id, workflow, encoded)
         except (StoreError, asyncio.CancelledError):
-            # The append may have been committed all the same; a retried start finds out.
-            self._uncertain_starts.add(run_id)
+            # The append may have been committed all the same (its acknowledgement was
+            # lost): a task reads the log and runs the run if it is there, ends if not.
+            supervisor.spawn(run_id)
             raise
+        if supervisor.closing:
+            raise ConfigError(
+                f"the runtime closed while run {run_id!r} was being started; the run is "
+                "recorded and resumes when a runtime opens this store again"
+            )
         state = RunState()
         fold_into(state, (event,))
         logger.info("run.started", run_id=run_id, workflow=workflow.name)
@@ -269,20 +269,6 @@ class Runtime:
         ):
             raise RunIdConflictError(run_id, "with other arguments")
         return RunHandle(self, run_id)
-
-    async def _adopt(self, run_id: str) -> None:
-        """Supervise an unfinished, unparked run that this runtime failed to start.
-
-        That is a run whose `RunStarted` was committed although its append reported an
-        error here (an ambiguous commit): the start that is retried finds it, and runs it.
-        A run that another runtime started is never adopted: it has its writer.
-        """
-        supervisor = self._require_supervisor()
-        if supervisor.supervising(run_id):
-            return
-        info = await self.store.get_run(run_id)
-        if info is not None and not info.status.terminal and not info.parked:
-            supervisor.spawn(run_id)
 
     def _canonical(self, run_id: str, text: str) -> str:
         """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""

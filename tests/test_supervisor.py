@@ -290,22 +290,28 @@ async def test_repeated_respawns_back_off_exponentially() -> None:
 class ParkRefused(FaultyStore):
     """A store that refuses the first `refusals` parks, as during an outage."""
 
-    def __init__(self, inner: EventStore, refusals: int) -> None:
+    def __init__(
+        self, inner: EventStore, refusals: int, error: type[Exception] = StoreError
+    ) -> None:
         super().__init__(inner)
         self.refusals = refusals
         self.parks = 0
+        self.refusal = error
 
     async def park(self, run_id: str, reason: str) -> None:
         self.parks += 1
         if self.parks <= self.refusals:
-            raise StoreError("database is locked")
+            raise self.refusal("database is locked")
         await super().park(run_id, reason)
 
 
-async def test_run_whose_parking_fails_stays_supervised_until_it_is_parked() -> None:
+@pytest.mark.parametrize("error", [StoreError, OSError], ids=["store-error", "other-error"])
+async def test_run_whose_parking_fails_stays_supervised_until_it_is_parked(
+    error: type[Exception],
+) -> None:
     """A run past its budget whose park the store refuses is not dropped: the supervisor
     keeps it and tries again, backing off, until the park is durable."""
-    store = ParkRefused(MemoryStore(), refusals=3)
+    store = ParkRefused(MemoryStore(), refusals=3, error=error)
     clock = FakeClock(autojump=True)
     with structlog.testing.capture_logs() as logs:
         async with Runtime(store, clock=clock, config=BUDGET) as rt:
@@ -356,8 +362,9 @@ async def test_repeat_start_in_a_second_runtime_leaves_the_run_to_its_writer() -
 
 
 async def test_start_finishing_while_the_runtime_closes_spawns_nothing() -> None:
-    """A start whose append completes after the runtime began to close leaves the run
-    durable for the next start-up and does not hold the shutdown up."""
+    """A start whose append completes after the runtime began to close does not hold the
+    shutdown up: it says so with ConfigError, and the run stays durable for the next
+    start-up."""
     release = asyncio.Event()
 
     class SlowStarts(MemoryStore):
@@ -381,9 +388,23 @@ async def test_start_finishing_while_the_runtime_closes_spawns_nothing() -> None
         with pytest.raises(ValueError, match="own error"):
             await body_fails()
         assert late is not None
-        await late
+        with pytest.raises(ConfigError, match="resumes when a runtime opens this store"):
+            await late
     assert entered == []
     assert [info.run_id for info in await store.list_runs(status=RunStatus.RUNNING)] == ["late"]
+
+
+async def test_start_that_failed_uncommitted_leaves_no_run_and_can_be_retried() -> None:
+    """A start whose append failed without committing leaves nothing behind: the task that
+    checks the log ends, and the start made again runs the run once."""
+    store = FaultyStore(MemoryStore(), fail_appends=[1])
+    async with runtime(store) as rt:
+        with pytest.raises(StoreError):
+            await start(rt, two_quick, 1, run_id="t")
+        await wait_until(lambda: not rt._supervisor.supervising("t"))  # type: ignore[union-attr]
+        assert await store.get_run("t") is None
+        assert await (await start(rt, two_quick, 1, run_id="t")).result() == 3
+    assert entered == ["quick", "quick"]
 
 
 async def test_crash_while_parking_finds_no_live_runner() -> None:
