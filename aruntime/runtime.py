@@ -222,6 +222,9 @@ class Runtime:
             InvalidRunIdError: the run id is unusable.
             RunIdConflictError: the id names a run of another workflow or other arguments.
             SerializationError: the arguments cannot be serialized (nothing is recorded).
+            StoreError: the store failed. The run may be recorded all the same; if it is,
+                this runtime runs it, and starting the id again returns it.
+            ConfigError: the runtime is not open, or closed while the run was started.
         """
         supervisor = self._require_supervisor()
         if not isinstance(workflow, Workflow):
