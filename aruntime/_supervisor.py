@@ -288,18 +288,20 @@ class Supervisor:
         text = reason if isinstance(reason, str) else _describe(reason)
         self.stats.parked += 1
         logger.error("run.parked", run_id=run_id, reason=text)
-        delay = self._budget.initial_delay
+        refusals = 0
         while True:
             try:
                 await self._store.park(run_id, text)
             except RunNotFoundError:
                 return  # nothing to park: the store holds no such run
             except Exception as exc:  # the store is failing too: never drop the run
+                refusals += 1
+                # The respawn backoff, never zero: a retry loop must not spin.
+                delay = max(self._budget.delay(refusals + 1), 0.001)
                 logger.error(
                     "run.park_failed", run_id=run_id, reason=text, error=str(exc), retry_in=delay
                 )
                 await self._clock.sleep(delay)
-                delay = min(max(delay * 2.0, 0.001), self._budget.max_delay)
             else:
                 return
 
