@@ -17,6 +17,10 @@ from aruntime._definitions import registered_workflows as registered_workflows
 from aruntime._definitions import sequence as sequence
 from aruntime._definitions import step as step
 from aruntime._definitions import workflow as workflow
+from aruntime._ops import TaskGroup as TaskGroup
+from aruntime._ops import gather as gather
+from aruntime._ops import sleep as sleep
+from aruntime._ops import sleep_until as sleep_until
 from aruntime._supervisor import RestartBudget as RestartBudget
 from aruntime.clock import Clock as Clock
 from aruntime.clock import SystemClock as SystemClock
@@ -28,14 +32,17 @@ from aruntime.errors import InvalidRunIdError as InvalidRunIdError
 from aruntime.errors import NonDeterminismError as NonDeterminismError
 from aruntime.errors import NonRetryableError as NonRetryableError
 from aruntime.errors import RetryAfter as RetryAfter
+from aruntime.errors import RunCancelledError as RunCancelledError
 from aruntime.errors import RunFailedError as RunFailedError
 from aruntime.errors import RunIdConflictError as RunIdConflictError
 from aruntime.errors import RunNotFoundError as RunNotFoundError
 from aruntime.errors import RunParkedError as RunParkedError
 from aruntime.errors import SerializationError as SerializationError
 from aruntime.errors import StepFailedError as StepFailedError
+from aruntime.errors import StepTimeout as StepTimeout
 from aruntime.errors import StoreError as StoreError
 from aruntime.errors import UnknownWorkflowError as UnknownWorkflowError
+from aruntime.errors import UntrackedTaskError as UntrackedTaskError
 from aruntime.retry import RetryPolicy as RetryPolicy
 from aruntime.runtime import RunHandle as RunHandle
 from aruntime.runtime import Runtime as Runtime
@@ -44,6 +51,7 @@ from aruntime.serializer import JsonSerializer as JsonSerializer
 from aruntime.serializer import Serializer as Serializer
 from aruntime.state import RunState as RunState
 from aruntime.state import RunStatus as RunStatus
+from aruntime.state import SleepState as SleepState
 from aruntime.state import StepState as StepState
 from aruntime.state import StepStatus as StepStatus
 from aruntime.state import replay as replay
@@ -67,6 +75,7 @@ __all__ = [
     "RestartBudget",
     "RetryAfter",
     "RetryPolicy",
+    "RunCancelledError",
     "RunContext",
     "RunFailedError",
     "RunHandle",
@@ -80,21 +89,28 @@ __all__ = [
     "RuntimeConfig",
     "SerializationError",
     "Serializer",
+    "SleepState",
     "Step",
     "StepContext",
     "StepFailedError",
     "StepState",
     "StepStatus",
+    "StepTimeout",
     "StoreError",
     "SystemClock",
+    "TaskGroup",
     "UnknownWorkflowError",
+    "UntrackedTaskError",
     "Workflow",
     "current_run",
     "current_step",
+    "gather",
     "open_store",
     "registered_workflows",
     "replay",
     "sequence",
+    "sleep",
+    "sleep_until",
     "step",
     "workflow",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -35,20 +37,49 @@ def _check_name(name: object, what: str) -> str:
     return name
 
 
+_UNRESOLVED: Any = object()
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    """The function's return annotation, resolved; None when it has none (or `Any`)."""
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that cannot be resolved: decode as JSON gives it
+        return None
+    if hint is Any:
+        return None
+    return hint
+
+
 class Step(Generic[P, R]):
     """A coroutine function whose outcome is journaled when called inside a workflow.
 
     Called outside a workflow (or inside another step's body) it simply runs the body.
     """
 
-    __slots__ = ("__dict__", "fn", "name", "retry")
+    __slots__ = ("__dict__", "_result_type", "fn", "name", "retry", "timeout")
 
-    def __init__(self, fn: Callable[P, Awaitable[R]], *, name: str, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, Awaitable[R]],
+        *,
+        name: str,
+        retry: RetryPolicy,
+        timeout: float | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.timeout = timeout
+        self._result_type: Any = _UNRESOLVED
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    def result_type(self) -> Any:
+        """The annotated return type recorded results are decoded to (None: as JSON)."""
+        if self._result_type is _UNRESOLVED:
+            self._result_type = _return_type(self.fn)
+        return self._result_type
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return _context.call_step(self, args, kwargs)
@@ -60,13 +91,20 @@ class Step(Generic[P, R]):
 class Workflow(Generic[P, R]):
     """An `async def` that calls steps; its code outside steps must be deterministic."""
 
-    __slots__ = ("__dict__", "fn", "name")
+    __slots__ = ("__dict__", "_result_type", "fn", "name")
 
     def __init__(self, fn: Callable[P, Awaitable[R]], *, name: str) -> None:
         self.fn = fn
         self.name = name
+        self._result_type: Any = _UNRESOLVED
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    def result_type(self) -> Any:
+        """The annotated return type a run's result is decoded to (None: as JSON)."""
+        if self._result_type is _UNRESOLVED:
+            self._result_type = _return_type(self.fn)
+        return self._result_type
 
     def __repr__(self) -> str:
         return f"<aruntime workflow {self.name!r}>"
@@ -76,7 +114,7 @@ class Workflow(Generic[P, R]):
 def step(fn: Callable[P, Awaitable[R]], /) -> Step[P, R]: ...
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None
+    *, name: str | None = None, retry: RetryPolicy | None = None, timeout: float | None = None
 ) -> Callable[[Callable[P, Awaitable[R]]], Step[P, R]]: ...
 def step(
     fn: Callable[P, Awaitable[R]] | None = None,
@@ -84,17 +122,29 @@ def step(
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
+    timeout: float | None = None,
 ) -> Step[P, R] | Callable[[Callable[P, Awaitable[R]]], Step[P, R]]:
-    """Declare a step: `@step` or `@step(name=..., retry=RetryPolicy(...))`.
+    """Declare a step: `@step` or `@step(name=..., retry=RetryPolicy(...), timeout=5.0)`.
+
+    A recorded result is decoded to the function's return annotation when it has one
+    (datetimes, tuples, dataclasses, msgspec Structs, enums ...), on the first run and on
+    replay alike.
 
     Args:
         name: the step's identity in the log; defaults to the function's qualified name.
             Renaming a step changes its identity, so runs recorded before the change will
             stop with `NonDeterminismError`.
         retry: how failures are retried (default: `RetryPolicy()`, 3 attempts).
+        timeout: seconds an attempt may run; a longer one is cancelled and recorded as a
+            failed attempt with the error type `aruntime.StepTimeout`, and the retry
+            policy decides what comes next.
     """
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ConfigError(f"retry must be a RetryPolicy, got {retry!r}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
 
     def decorate(f: Callable[P, Awaitable[R]]) -> Step[P, R]:
         _check_coroutine_function(f, "step")
@@ -102,6 +152,7 @@ def step(
             f,
             name=_check_name(name, "step") if name is not None else f.__qualname__,
             retry=retry or DEFAULT_RETRY,
+            timeout=None if timeout is None else float(timeout),
         )
 
     return decorate(fn) if fn is not None else decorate

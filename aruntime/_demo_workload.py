@@ -203,8 +203,8 @@ def _record_startup_state() -> None:
     # The runner folds nothing before it calls the workflow, so at the workflow's entry
     # its state is exactly the one the runtime replayed when it (re)spawned the run. No
     # public API shows that state, hence the look at the runner through the context.
-    runner = _context._RUNNER.get()
-    state = getattr(runner, "state", None)
+    branch = _context._BRANCH.get()
+    state = getattr(branch.runner, "state", None) if branch is not None else None
     if hooks.startup_states is not None and isinstance(state, RunState):
         hooks.startup_states.setdefault(state.run_id or "", (state.copy(), time.perf_counter()))
 

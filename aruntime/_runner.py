@@ -1,26 +1,66 @@
 """One run: fold -> next action -> execute -> append, until the run is terminal.
 
-The runner owns its `RunState`. It never decides from anything but that fold: every step
-call asks `next_action(state, ...)`, carries the action out, appends the outcome and folds
-it before asking again. The write-ahead order of DESIGN §2.1 follows from the shape of the
-loop: `StepStarted` is appended (and durable, the store's append returns only then) before
-the body is awaited; `StepCompleted`/`StepFailed` is appended before the workflow gets the
-value back; and the workflow cannot call the next step before that.
+The runner owns its `RunState`. It never decides from anything but that fold: every
+operation the workflow calls (a step, a durable sleep) asks the pure functions of
+`_decide` what to do, carries the action out, appends what happened and folds it before
+asking again.
+
+Write-ahead (DESIGN §2.1) with one durable commit per step. `StepStarted`, `SleepStarted`
+and `CancelRequested` are appended and waited for: the store's append returns only once
+they are durable, and only then does the body run, the sleep begin or the cancellation
+reach the workflow. A step's outcome (`StepCompleted`, `StepFailed`) is folded and handed
+on without waiting, and the workflow goes on with the value. Every append of the run
+goes out in order, all pending events first, so the run's next waited append (the next
+`StepStarted`, a sleep, the final `RunCompleted`) is acknowledged only once the outcome
+is durable too: nothing that depends on the outcome leaves the run before it is. An
+outcome that has not gone out when the workflow waits on something else is flushed from
+a callback soon after. A crash before it commits re-runs the body after recovery, which
+at-least-once bodies allow.
 
 When the runner cannot go on safely (the store failed, another writer took the run, the
-workflow asked for a step the log does not hold) it raises `_Abort`, a BaseException, into
-the workflow so that `except Exception:` in user code cannot swallow it, refuses every
-later call, and `run()` raises the cause to the supervisor. Nothing is appended after that.
+workflow asked for an operation the log does not hold) it raises `_Abort`, a
+BaseException, into the workflow so that `except Exception:` in user code cannot swallow
+it, refuses every later call, and `run()` raises the cause to the supervisor. Nothing is
+appended after that.
+
+Cancellation (a user's request or the run's deadline) is recorded first (`CancelRequested`),
+then delivered once as `asyncio.CancelledError` by cancelling the run's root task, which
+asyncio passes on to the branches the root awaits. Each operation the cancellation
+interrupts records `OperationCancelled`, so replay delivers it at the same place; the
+workflow's cleanup code and the steps it calls run normally afterwards. A cancellation
+the log holds but this process has not delivered (after a crash) is delivered at the
+first operation that is not simply replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import contextvars
+import inspect
+import zlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import msgspec
+
 from aruntime import _context
-from aruntime._decide import INTERRUPTED, Execute, GiveUp, Mismatch, Raise, Replay, next_action
+from aruntime._decide import (
+    INTERRUPTED,
+    Cancel,
+    Execute,
+    GiveUp,
+    Mismatch,
+    Raise,
+    Record,
+    Replay,
+    Resume,
+    WaitUntil,
+    deadline_passed,
+    next_sleep_action,
+    next_step_action,
+)
 from aruntime._errortext import error_message, error_type
 from aruntime._log import debug_enabled, logger
 from aruntime.errors import (
@@ -28,24 +68,32 @@ from aruntime.errors import (
     NonDeterminismError,
     SerializationError,
     StepFailedError,
+    StepTimeout,
+    UntrackedTaskError,
 )
 from aruntime.events import (
+    CancelRequested,
     Event,
+    OperationCancelled,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    SleepStarted,
     StepCompleted,
     StepFailed,
     StepStarted,
+    op_identity,
 )
 from aruntime.state import RunState, fold_into
 
 if TYPE_CHECKING:
+    from aruntime._context import Branch
     from aruntime._definitions import Step, Workflow
     from aruntime.clock import Clock
     from aruntime.serializer import Serializer
     from aruntime.store import EventStore
 
-__all__ = ["Runner", "decode_args", "encode_args"]
+__all__ = ["Runner", "convert_result", "decode_args", "encode_args"]
 
 SERIALIZATION_ERROR = "aruntime.SerializationError"
 
@@ -56,6 +104,13 @@ class _Abort(BaseException):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(cause)
         self.cause = cause
+
+
+class AppendInterruptedError(AruntimeError):
+    """An append was cancelled in flight; only the log can tell whether it committed."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r}: an append was interrupted; the log will tell")
 
 
 def encode_args(
@@ -82,24 +137,74 @@ def decode_args(serializer: Serializer, run_id: str, text: str) -> tuple[list[An
     return args, kwargs
 
 
+def convert_result(value: Any, result_type: Any, run_id: str, what: str | None) -> Any:
+    """`value` as the annotated `result_type` (None: as decoded).
+
+    Raises:
+        SerializationError: the value cannot become that type.
+    """
+    if result_type is None:
+        return value
+    try:
+        return msgspec.convert(value, result_type, strict=False)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise SerializationError(
+            f"recorded result {value!r:.80} cannot become {_type_name(result_type)}: {exc}",
+            run_id=run_id,
+            step=what,
+        ) from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__qualname__", None) or repr(tp)
+
+
+def _digest_hook(value: Any) -> str:
+    return f"<{type(value).__qualname__}>"
+
+
+_encode_for_digest = msgspec.json.Encoder(enc_hook=_digest_hook, order="deterministic").encode
+
+
+def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A short digest of a step's arguments; values with no JSON form count by type."""
+    if not args and not kwargs:
+        return "0"
+    try:
+        data = _encode_for_digest((args, kwargs))
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return ""  # not comparable: the check is skipped for this call
+    return f"{zlib.crc32(data):08x}"
+
+
 class Runner:
     """Drives one run from its folded state to a terminal event."""
 
     __slots__ = (
         "_abort",
+        "_branches",
+        "_cancels_issued",
         "_clock",
         "_debug",
+        "_delivered",
+        "_flush_scheduled",
+        "_helpers",
         "_lock",
-        "_max_position",
-        "_next_position",
+        "_loop",
+        "_pending",
+        "_previous_death",
         "_random",
+        "_reaped",
+        "_reaping",
+        "_root",
         "_serializer",
         "_store",
+        "_visited",
         "_workflow",
+        "_workflow_done",
         "context",
         "run_id",
         "state",
-        "unsettled",
     )
 
     def __init__(
@@ -112,6 +217,7 @@ class Runner:
         serializer: Serializer,
         random: Callable[[], float],
         lock: asyncio.Lock,
+        previous_death: BaseException | None = None,
     ) -> None:
         assert state.run_id is not None
         self.run_id: str = state.run_id
@@ -123,19 +229,32 @@ class Runner:
         self._serializer = serializer
         self._random = random
         self._lock = lock
-        self._next_position = 1
-        self._max_position = 0
+        self._previous_death = previous_death
+        """Why this run's previous runner in this process died, if it did."""
         self._abort: BaseException | None = None
         self._debug = debug_enabled()
-        self.unsettled: Event | None = None
-        """The event whose append was cancelled half-way, if any."""
+        self._pending: list[Event] = []
+        """Events folded into `state` and not yet handed to the store, in order."""
+        self._flush_scheduled = False
+        self._helpers: set[asyncio.Task[Any]] = set()
+        self._branches: set[asyncio.Task[Any]] = set()
+        self._visited: set[str] = set()
+        self._delivered = False
+        self._cancels_issued = 0
+        self._reaping = False
+        self._reaped = False
+        self._workflow_done = False
+        self._root: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the run as a whole ------------------------------------------------------------
 
     async def run(self) -> None:
         """Run the workflow to its end and record it; return at once if already ended.
 
         Raises:
-            NonDeterminismError, StoreError, ConcurrencyError, SerializationError: the run
-                cannot go on; nothing was appended after the cause.
+            NonDeterminismError, StoreError, ConcurrencyError, SerializationError,
+                UntrackedTaskError: the run cannot go on; nothing was appended after it.
             BaseException: cancellation and other BaseExceptions from the workflow or its
                 steps propagate unrecorded.
         """
@@ -144,24 +263,56 @@ class Runner:
             return
         assert state.args is not None
         args, kwargs = decode_args(self._serializer, self.run_id, state.args)
-        token = _context._RUNNER.set(self)
+        root = asyncio.current_task()
+        assert root is not None
+        self._root = root
+        self._loop = asyncio.get_running_loop()
+        token = _context._BRANCH.set(_context.Branch(self, "", root))
+        if state.deadline is not None and state.cancel_reason is None:
+            self._helper(self._watch_deadline(state.deadline))
         try:
             await self._run(args, kwargs)
-        except _Abort as abort:  # from the workflow's steps, or from the final append
+        except _Abort as abort:  # from the workflow's operations, or from the final append
             raise abort.cause from None
         finally:
-            _context._RUNNER.reset(token)
+            _context._BRANCH.reset(token)
+            self._workflow_done = True
+            for _ in range(self._cancels_issued):
+                root.uncancel()
+            self._cancels_issued = 0
+            await self._stop(self._helpers | self._branches)
 
     async def _run(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         try:
             value = await self._workflow.fn(*args, **kwargs)
-        except Exception as exc:  # the workflow's own failure (an _Abort is no Exception)
+        except asyncio.CancelledError:
+            self._workflow_done = True
             self._raise_if_aborted()
-            self._check_no_unvisited_steps()
+            if not self._delivered:
+                raise  # shutdown, an injected crash, or a stray CancelledError
+            root = self._root
+            assert root is not None
+            for _ in range(self._cancels_issued):
+                root.uncancel()
+            self._cancels_issued = 0
+            if root.cancelling():
+                raise  # the runtime is shutting down as well: record nothing
+            await self._reap()
+            reason = self.state.cancel_reason or "cancelled"
+            await self._finish(RunCancelled, reason=reason)
+            logger.info("run.cancelled", run_id=self.run_id, reason=reason)
+            return
+        except Exception as exc:  # the workflow's own failure (an _Abort is no Exception)
+            self._workflow_done = True
+            self._raise_if_aborted()
+            await self._reap()
+            self._check_no_unvisited_operations()
             await self._finish_failed(exc)
             return
+        self._workflow_done = True
         self._raise_if_aborted()
-        self._check_no_unvisited_steps()
+        await self._reap()
+        self._check_no_unvisited_operations()
         try:
             result = self._serializer.dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -170,30 +321,49 @@ class Runner:
             )
             await self._finish_failed(err)
             return
-        await self._append(RunCompleted, result=result)
-        logger.info("run.completed", run_id=self.run_id, workflow=self.context.workflow)
+        final = await self._finish(RunCompleted, result=result)
+        if final is RunCompleted:
+            logger.info("run.completed", run_id=self.run_id, workflow=self.context.workflow)
 
     async def _finish_failed(self, exc: Exception) -> None:
         if isinstance(exc, StepFailedError):
             kind, message = exc.error_type, exc.error_message
         else:
             kind, message = error_type(exc), error_message(exc)
-        await self._append(RunFailed, error_type=kind, error_message=message)
-        logger.warning("run.failed", run_id=self.run_id, error_type=kind, error=message)
+        final = await self._finish(RunFailed, error_type=kind, error_message=message)
+        if final is RunFailed:
+            logger.warning("run.failed", run_id=self.run_id, error_type=kind, error=message)
+
+    async def _finish(self, kind: type[Event], **fields: Any) -> type[Event]:
+        """Append the run's last event; a cancellation that came first and was never
+        delivered wins over the workflow's own outcome."""
+        async with self._lock:
+            state = self.state
+            if state.cancel_reason is not None and not self._delivered:
+                kind, fields = RunCancelled, {"reason": state.cancel_reason}
+            self._buffer(kind, fields)
+            await self._flush_locked()
+        return kind
 
     def _raise_if_aborted(self) -> None:
         if self._abort is not None:
-            raise self._abort
+            raise _Abort(self._abort)
 
-    def _check_no_unvisited_steps(self) -> None:
-        recorded = self.state.steps
-        if len(recorded) > self._max_position or (recorded and max(recorded) > self._max_position):
-            position = min(p for p in recorded if p > self._max_position)
-            raise NonDeterminismError(
-                run_id=self.run_id,
-                position=position,
-                recorded=recorded[position].step,
-                requested="<workflow returned>",
+    def _check_no_unvisited_operations(self) -> None:
+        state = self.state
+        if self._reaped or len(state.steps) + len(state.sleeps) <= len(self._visited):
+            return
+        unvisited = sorted((state.steps.keys() | state.sleeps.keys()) - self._visited)
+        if unvisited:
+            identity = unvisited[0]
+            step = state.steps.get(identity)
+            raise self._fail(
+                NonDeterminismError(
+                    run_id=self.run_id,
+                    identity=identity,
+                    recorded="a sleep" if step is None else f"step {step.step!r}",
+                    requested="the end of its branch",
+                )
             )
 
     def _fail(self, cause: BaseException) -> _Abort:
@@ -201,120 +371,332 @@ class Runner:
             self._abort = cause
         return _Abort(self._abort)
 
-    async def _append(self, kind: type[Event], **fields: Any) -> None:
-        """Number, append and fold one event; the only way this runner writes."""
+    # -- appending ---------------------------------------------------------------------
+
+    def _buffer(self, kind: type[Event], fields: dict[str, Any]) -> None:
+        """Number and fold one event and queue it for the store."""
         if self._abort is not None:
             raise _Abort(self._abort)
-        lock = self._lock
-        await lock.acquire()
+        state = self.state
+        event = kind(sequence=state.version + 1, at=self._clock.now(), **fields)
+        fold_into(state, (event,))
+        self._pending.append(event)
+
+    async def _append(self, kind: type[Event], **fields: Any) -> None:
+        """Append one event, and every event before it; return once all are durable."""
+        self._buffer(kind, fields)
+        async with self._lock:
+            await self._flush_locked()
+
+    def _append_later(self, kind: type[Event], **fields: Any) -> None:
+        """Append one event without waiting; the run's next append waits for it."""
+        self._buffer(kind, fields)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        if self._pending and self._abort is None and not self._workflow_done:
+            self._helper(self._flush_in_background())
+
+    async def _flush_in_background(self) -> None:
         try:
+            async with self._lock:
+                await self._flush_locked()
+        except _Abort:
+            # Recorded in `_abort`: the run's next operation raises it. Tell the root now,
+            # in case the workflow waits on something that is not an operation.
+            root = self._root
+            if root is not None and not self._workflow_done and not root.done():
+                self._cancels_issued += 1
+                root.cancel()
+
+    async def _flush_locked(self) -> None:
+        if self._abort is not None:
+            raise _Abort(self._abort)
+        batch = self._pending
+        if not batch:
+            return
+        self._pending = []
+        try:
+            await self._store.append(self.run_id, batch, batch[0].sequence - 1)
+        except AruntimeError as exc:
+            raise self._fail(exc) from None
+        except asyncio.CancelledError:
+            self._fail(AppendInterruptedError(self.run_id))
+            raise
+
+    async def settle(self) -> None:
+        """Wait until every event folded so far is durable (or the runner has failed)."""
+        try:
+            async with self._lock:
+                await self._flush_locked()
+        except _Abort:
+            pass
+
+    # -- tasks the runner owns ----------------------------------------------------------
+
+    def _helper(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
+    def spawn(
+        self,
+        parent: Branch,
+        awaitable: Awaitable[Any],
+        create: Callable[..., asyncio.Task[Any]] | None = None,
+        name: str | None = None,
+    ) -> asyncio.Task[Any]:
+        """Run `awaitable` in a task of its own, as the next child branch of `parent`."""
+        self.check_owner(parent, "a branch")
+        child = parent.child()
+        context = contextvars.copy_context()
+        context.run(_context._BRANCH.set, child)
+        coro = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+        if create is None:
+            task = asyncio.get_running_loop().create_task(coro, name=name, context=context)
+        else:
+            task = create(coro, name=name, context=context)
+        child.task = task
+        self._branches.add(task)
+        task.add_done_callback(self._branches.discard)
+        return task
+
+    async def _reap(self) -> None:
+        """Cancel the branches the workflow left running (a gather that raised first)."""
+        if any(not t.done() for t in self._branches):
+            self._reaped = True
+            await self._stop(self._branches)
+
+    async def _stop(self, tasks: set[asyncio.Task[Any]]) -> None:
+        live = [t for t in tasks if not t.done()]
+        if not live:
+            return
+        self._reaping = True
+        for task in live:
+            task.cancel()
+        await asyncio.gather(*live, return_exceptions=True)
+
+    def check_owner(self, branch: Branch, what: str) -> None:
+        """Refuse an operation called from a task that does not own `branch`."""
+        if self._abort is not None:
+            raise _Abort(self._abort)
+        if asyncio.current_task() is not branch.task:
+            raise self._fail(UntrackedTaskError(self.run_id, what))
+
+    # -- cancellation ------------------------------------------------------------------
+
+    async def request_cancel(self, reason: str) -> bool:
+        """Record the run's cancellation and deliver it; False if it came too late."""
+        async with self._lock:
             state = self.state
-            sequence = state.version + 1
-            event = kind(sequence=sequence, at=self._clock.now(), **fields)
-            try:
-                await self._store.append(self.run_id, (event,), sequence - 1)
-            except AruntimeError as exc:
-                raise self._fail(exc) from None
-            except asyncio.CancelledError:
-                self.unsettled = event  # committed or not: the log will tell
-                raise
-            fold_into(state, (event,))
-        finally:
-            lock.release()
+            if state.status.terminal or state.cancel_reason is not None:
+                return False
+            self._buffer(CancelRequested, {"reason": reason})
+            await self._flush_locked()
+        logger.info("run.cancel_requested", run_id=self.run_id, reason=reason)
+        if not self._workflow_done:
+            self._deliver(asyncio.current_task())
+        return True
+
+    def _deliver(self, here: asyncio.Task[Any] | None) -> None:
+        """Cancel the root task once, unless the cancellation is raised `here` already."""
+        if self._delivered:
+            return
+        self._delivered = True
+        root = self._root
+        if root is not None and root is not here and not root.done():
+            self._cancels_issued += 1
+            root.cancel()
+
+    def _cancel_pending(self) -> bool:
+        return self.state.cancel_reason is not None and not self._delivered
+
+    async def _cancelled_at(self, branch: Branch, position: int, record: bool) -> None:
+        """Deliver the cancellation at this operation: record it, then raise it."""
+        if record:
+            self._append_later(OperationCancelled, position=position, branch=branch.path)
+        self._deliver(asyncio.current_task())
+        raise asyncio.CancelledError
+
+    def _interrupted(self, branch: Branch, position: int) -> None:
+        """A CancelledError reached the operation at `position`: record it if it is the
+        run's cancellation (not a shutdown, a crash or the end of a branch)."""
+        if self._delivered and not self._reaping and self._abort is None:
+            self._append_later(OperationCancelled, position=position, branch=branch.path)
+
+    async def _watch_deadline(self, deadline: float) -> None:
+        clock = self._clock
+        while not deadline_passed(self.state, clock.now()):
+            if self.state.cancel_reason is not None or self.state.status.terminal:
+                return
+            await clock.sleep(deadline - clock.now())
+        with contextlib.suppress(_Abort):  # the run's own operations raise it
+            await self.request_cancel("timeout")
+
+    # -- operations --------------------------------------------------------------------
+
+    def _next(self, what: str) -> tuple[Branch, int, str]:
+        branch = _context._BRANCH.get()
+        if branch is None or branch.runner is not self:
+            raise self._fail(UntrackedTaskError(self.run_id, what))
+        self.check_owner(branch, what)
+        position = branch.position = branch.position + 1
+        identity = op_identity(branch.path, position)
+        self._visited.add(identity)
+        return branch, position, identity
 
     async def run_step(
         self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Return the step's recorded result, or run it until it has one."""
-        if self._abort is not None:
-            raise _Abort(self._abort)
-        position = self._next_position
-        self._next_position = position + 1
-        self._max_position = position
         name = step.name
-        policy = step.retry
+        branch, position, identity = self._next(f"step {name!r}")
+        digest = args_digest(args, kwargs)
+        max_attempts = step.retry.max_attempts
         clock = self._clock
-        run_id = self.run_id
         while True:
-            action = next_action(self.state, position, name, policy.max_attempts)
+            action = next_step_action(
+                self.state,
+                identity,
+                name,
+                digest=digest,
+                max_attempts=max_attempts,
+                now=clock.now(),
+                cancel_pending=self._cancel_pending(),
+            )
             kind = type(action)
             if kind is Replay:
-                return self._decode_result(action.result, name)  # type: ignore[union-attr]
+                return self._decode_result(action.result, step)  # type: ignore[union-attr]
             if kind is Execute:
-                assert isinstance(action, Execute)
-                attempt = action.attempt
-                if action.not_before is not None:
-                    await clock.sleep(action.not_before - clock.now())
-                await self._append(StepStarted, position=position, step=name, attempt=attempt)
+                attempt: int = action.attempt  # type: ignore[union-attr]
+                await self._append(
+                    StepStarted,
+                    position=position,
+                    step=name,
+                    attempt=attempt,
+                    branch=branch.path,
+                    digest=digest,
+                )
                 if self._debug:
-                    logger.debug("step.started", run_id=run_id, step=name, attempt=attempt)
-                await self._attempt(step, position, attempt, args, kwargs)
+                    logger.debug("step.started", run_id=self.run_id, step=name, attempt=attempt)
+                try:
+                    done = await self._attempt(
+                        branch, step, identity, position, attempt, args=args, kwargs=kwargs
+                    )
+                except asyncio.CancelledError:
+                    self._interrupted(branch, position)
+                    raise
+                if done is not None:
+                    return done.value
+            elif kind is WaitUntil:
+                async with self._lock:  # the failure is durable before a long wait
+                    await self._flush_locked()
+                try:
+                    await clock.sleep(action.at - clock.now())  # type: ignore[union-attr]
+                except asyncio.CancelledError:
+                    self._interrupted(branch, position)
+                    raise
             elif kind is Raise:
                 assert isinstance(action, Raise)
                 raise StepFailedError(
-                    run_id=run_id,
+                    run_id=self.run_id,
                     step=name,
-                    position=position,
+                    identity=identity,
                     attempt=action.attempts,
                     error_type=action.error_type,
                     error_message=action.error_message,
                 )
+            elif kind is Cancel:
+                await self._cancelled_at(branch, position, action.record)  # type: ignore[union-attr]
             elif kind is GiveUp:
                 assert isinstance(action, GiveUp)
+                if self._previous_death is not None:
+                    # The attempts were lost to deaths this process saw, not to a crash of
+                    # the process: the supervisor respawns, and parks with the real cause.
+                    raise self._fail(self._previous_death)
                 message = f"attempt {action.attempt} was interrupted (the process stopped)"
-                await self._record_failure(
-                    position, name, action.attempt, kind=INTERRUPTED, message=message, retry_at=None
+                self._record_failure(
+                    branch,
+                    position,
+                    name,
+                    action.attempt,
+                    kind=INTERRUPTED,
+                    message=message,
+                    retry_at=None,
                 )
             else:
                 assert isinstance(action, Mismatch)
                 raise self._fail(
                     NonDeterminismError(
-                        run_id=run_id, position=position, recorded=action.recorded, requested=name
+                        run_id=self.run_id,
+                        identity=identity,
+                        recorded=action.recorded,
+                        requested=action.requested,
                     )
                 )
 
     async def _attempt(
         self,
+        branch: Branch,
         step: Step[..., Any],
+        identity: str,
         position: int,
         attempt: int,
+        *,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> None:
-        """Run one attempt of the body and record its outcome."""
+    ) -> _Done | None:
+        """Run one attempt of the body and record its outcome; its value if it has one."""
         name = step.name
-        token = _context._STEP.set(_context.StepContext(self.run_id, name, position, attempt))
+        token = _context._STEP.set(
+            _context.StepContext(self.run_id, name, position, attempt, branch.path)
+        )
         try:
-            value = await step.fn(*args, **kwargs)
+            if step.timeout is None:
+                value = await step.fn(*args, **kwargs)
+            else:
+                value = await _with_timeout(step, args, kwargs)
         except Exception as exc:
             failure: Exception | None = exc
         else:
             failure = None
         finally:
             _context._STEP.reset(token)
-        clock = self._clock
         if failure is None:
             try:
                 result = self._serializer.dumps(value)
-            except (TypeError, ValueError, RecursionError) as exc:
-                await self._record_failure(
+                decoded = convert_result(
+                    self._serializer.loads(result), step.result_type(), self.run_id, name
+                )
+            except (TypeError, ValueError, RecursionError, SerializationError) as exc:
+                self._record_failure(
+                    branch,
                     position,
                     name,
                     attempt,
                     kind=SERIALIZATION_ERROR,
-                    message=f"the result of step {name!r} cannot be serialized: {exc}",
+                    message=f"the result of step {name!r} cannot be recorded: {exc}",
                     retry_at=None,
                 )
-                return
-            await self._append(
-                StepCompleted, position=position, step=name, attempt=attempt, result=result
+                return None
+            self._append_later(
+                StepCompleted,
+                position=position,
+                step=name,
+                attempt=attempt,
+                result=result,
+                branch=branch.path,
             )
             if self._debug:
                 logger.debug("step.completed", run_id=self.run_id, step=name, attempt=attempt)
-            return
+            return _Done(decoded)
         delay = step.retry.next_delay(attempt, failure, self._random)
-        retry_at = None if delay is None else clock.now() + delay
-        await self._record_failure(
+        retry_at = None if delay is None else self._clock.now() + delay
+        self._record_failure(
+            branch,
             position,
             name,
             attempt,
@@ -324,15 +706,13 @@ class Runner:
         )
         if delay is not None:
             logger.info(
-                "step.retry_scheduled",
-                run_id=self.run_id,
-                step=name,
-                attempt=attempt,
-                delay=delay,
+                "step.retry_scheduled", run_id=self.run_id, step=name, attempt=attempt, delay=delay
             )
+        return None
 
-    async def _record_failure(
+    def _record_failure(
         self,
+        branch: Branch,
         position: int,
         name: str,
         attempt: int,
@@ -341,7 +721,7 @@ class Runner:
         message: str,
         retry_at: float | None,
     ) -> None:
-        await self._append(
+        self._append_later(
             StepFailed,
             position=position,
             step=name,
@@ -349,6 +729,7 @@ class Runner:
             error_type=kind,
             error_message=message,
             retry_at=retry_at,
+            branch=branch.path,
         )
         logger.warning(
             "step.failed",
@@ -360,12 +741,81 @@ class Runner:
             final=retry_at is None,
         )
 
-    def _decode_result(self, text: str, name: str) -> Any:
+    def _decode_result(self, text: str, step: Step[..., Any]) -> Any:
         try:
-            return self._serializer.loads(text)
+            value = self._serializer.loads(text)
         except (TypeError, ValueError) as exc:
             raise self._fail(
                 SerializationError(
-                    f"recorded result cannot be decoded: {exc}", run_id=self.run_id, step=name
+                    f"recorded result cannot be decoded: {exc}", run_id=self.run_id, step=step.name
                 )
             ) from None
+        try:
+            return convert_result(value, step.result_type(), self.run_id, step.name)
+        except SerializationError as exc:
+            raise self._fail(exc) from None
+
+    async def sleep_until(self, wake_at: float) -> None:
+        """A durable sleep: record the wake-up time, then wait only what is left of it."""
+        branch, position, identity = self._next("aruntime.sleep")
+        clock = self._clock
+        while True:
+            action = next_sleep_action(
+                self.state,
+                identity,
+                wake_at=wake_at,
+                now=clock.now(),
+                cancel_pending=self._cancel_pending(),
+            )
+            kind = type(action)
+            if kind is Resume:
+                return
+            if kind is Record:
+                await self._append(
+                    SleepStarted, position=position, wake_at=wake_at, branch=branch.path
+                )
+                if self._debug:
+                    logger.debug("sleep.started", run_id=self.run_id, wake_at=wake_at)
+            elif kind is WaitUntil:
+                try:
+                    await clock.sleep(action.at - clock.now())  # type: ignore[union-attr]
+                except asyncio.CancelledError:
+                    self._interrupted(branch, position)
+                    raise
+            elif kind is Cancel:
+                await self._cancelled_at(branch, position, action.record)  # type: ignore[union-attr]
+            else:
+                assert isinstance(action, Mismatch)
+                raise self._fail(
+                    NonDeterminismError(
+                        run_id=self.run_id,
+                        identity=identity,
+                        recorded=action.recorded,
+                        requested=action.requested,
+                    )
+                )
+
+    def now(self) -> float:
+        return self._clock.now()
+
+
+class _Done:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+async def _with_timeout(step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the body under a cancel scope that ends it after the step's timeout."""
+    timeout = step.timeout
+    assert timeout is not None
+    with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+        return await step.fn(*args, **kwargs)
+    if scope.cancelled_caught:
+        raise StepTimeout(step.name, timeout)
+    raise AssertionError("unreachable")  # pragma: no cover

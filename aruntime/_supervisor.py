@@ -13,7 +13,11 @@ store's index with the reason, visible in `runs list`, and left alone until
 refuses is tried again, backing off, for as long as it takes: the run stays with its task
 meanwhile, never unfinished with nobody running it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
-`UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data.
+`UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data,
+`UntrackedTaskError`. A respawned runner learns why its predecessor died: attempts of a
+step lost to deaths this process saw (a BaseException from a body, a store outage) never
+end the step failed as if the process had crashed; the run is respawned and, if it keeps
+dying, parked with the real cause.
 A `ConcurrencyError` stops the stale runner like any other death: the respawned one
 replays the log as it now is, so a run is never silently dropped; a run that keeps
 conflicting (two runtimes writing one store at once) ends parked with the reason.
@@ -41,8 +45,9 @@ from aruntime.errors import (
     RunNotFoundError,
     SerializationError,
     UnknownWorkflowError,
+    UntrackedTaskError,
 )
-from aruntime.state import RunState, fold_into, replay
+from aruntime.state import RunState, replay
 
 if TYPE_CHECKING:
     from aruntime.clock import Clock
@@ -51,7 +56,13 @@ if TYPE_CHECKING:
 
 __all__ = ["RestartBudget", "Supervisor"]
 
-_PARK_AT_ONCE = (NonDeterminismError, UnknownWorkflowError, CorruptLogError, SerializationError)
+_PARK_AT_ONCE = (
+    NonDeterminismError,
+    UnknownWorkflowError,
+    CorruptLogError,
+    SerializationError,
+    UntrackedTaskError,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +153,10 @@ class Supervisor:
     def supervising(self, run_id: str) -> bool:
         return run_id in self._tasks
 
+    def runner(self, run_id: str) -> Runner | None:
+        """The live runner of `run_id` in this runtime, if it has one."""
+        return self._runners.get(run_id)
+
     @property
     def closing(self) -> bool:
         """Whether the runtime is shutting down (no run task is spawned any more)."""
@@ -179,20 +194,18 @@ class Supervisor:
         if runner is None or task is None or run_id in self._crashes:
             raise LookupError(f"run {run_id!r} has no live runner to crash")
         crash = self._crashes[run_id] = _Crash(runner)
+        # A crash here loses nothing that was durable; let the outcomes the runner has
+        # handed on settle first, so that the state it holds is the state it threw away.
+        await runner.settle()
+        before = runner.state.copy()
         task.cancel()
         after = await crash.after
-        # The runner is dead now. An append it had in flight may have been committed
-        # after all (stores settle an append before letting its cancellation through);
-        # what it held then is the state the crash threw away.
-        before = runner.state.copy()
-        unsettled = runner.unsettled
-        if unsettled is not None and after.version == unsettled.sequence == before.version + 1:
-            fold_into(before, (unsettled,))
         return before, after
 
     async def _supervise(self, run_id: str, state: RunState | None) -> None:
         restarts: collections.deque[float] = collections.deque()
         lock = asyncio.Lock()
+        death: BaseException | None = None
         try:
             while True:
                 try:
@@ -203,7 +216,7 @@ class Supervisor:
                             crash.after.set_result(state.copy())
                     if state.version == 0:
                         return  # no such run: a start whose append did not commit
-                    runner = self._runner_for(run_id, state, lock)
+                    runner = self._runner_for(run_id, state, lock, death)
                     self._runners[run_id] = runner
                     await runner.run()
                     return
@@ -214,10 +227,11 @@ class Supervisor:
                     if cancels == 1 and run_id in self._crashes:
                         task.uncancel()  # our own crash injection: respawn
                         reason: BaseException | str = "crash injected by aruntime.testing.crash_run"
+                        death = None
                     elif cancels:
                         raise  # the runtime is shutting down: record nothing
                     else:
-                        reason = exc  # a stray CancelledError from a step body: a bug
+                        reason = death = exc  # a stray CancelledError from a step body
                 except _PARK_AT_ONCE as exc:
                     self._runners.pop(run_id, None)  # nothing runs while it parks
                     await self._park(run_id, exc)
@@ -225,7 +239,7 @@ class Supervisor:
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:
-                    reason = exc
+                    reason = death = exc
                 finally:
                     self._runners.pop(run_id, None)
                 state = None
@@ -268,7 +282,9 @@ class Supervisor:
             await self._clock.sleep(delay)
         return True
 
-    def _runner_for(self, run_id: str, state: RunState, lock: asyncio.Lock) -> Runner:
+    def _runner_for(
+        self, run_id: str, state: RunState, lock: asyncio.Lock, death: BaseException | None
+    ) -> Runner:
         assert state.workflow is not None, f"run {run_id!r} has no RunStarted"
         workflow = self._find_workflow(state.workflow)
         if workflow is None:
@@ -281,6 +297,7 @@ class Supervisor:
             serializer=self._serializer,
             random=self._random,
             lock=lock,
+            previous_death=death,
         )
 
     async def _park(self, run_id: str, reason: BaseException | str) -> None:

@@ -11,8 +11,11 @@ The whole tree::
     ├── UnknownWorkflowError        the log names a workflow this runtime does not know
     ├── RunFailedError              `RunHandle.result()` of a run that ended failed
     ├── RunParkedError              `RunHandle.result()` of a run parked by the supervisor
+    ├── RunCancelledError           `RunHandle.result()` of a run that ended cancelled
     ├── StepFailedError             inside a workflow: a step failed for good
-    ├── NonDeterminismError         the workflow asked for another step than the log holds
+    ├── StepTimeout                 recorded for an attempt that ran past its timeout
+    ├── NonDeterminismError         the workflow asked for another operation than the log holds
+    ├── UntrackedTaskError          an operation called from a task aruntime did not create
     ├── CorruptLogError             a log that no valid run can produce
     ├── ConcurrencyError            a stale writer: the expected sequence is not the last one
     └── StoreError                  the store could not do what was asked
@@ -27,7 +30,8 @@ after a given delay) and `NonRetryableError` (fail the step at once). They live 
 that the pure retry arithmetic can recognise them without importing anything else.
 
 Every error carries the structured attributes that locate it (`run_id`, `sequence`,
-`position`, `step`, `attempt`, where they apply) and its message says what to do.
+`identity`, `step`, `attempt`, where they apply) and its message says what to do. An
+operation's `identity` is its branch and its position in that branch (`"3"`, `"2.1.4"`).
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "RetryAfter",
+    "RunCancelledError",
     "RunFailedError",
     "RunIdConflictError",
     "RunNotFoundError",
     "RunParkedError",
     "SerializationError",
     "StepFailedError",
+    "StepTimeout",
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
@@ -54,6 +60,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreVersionError",
     "UnknownWorkflowError",
+    "UntrackedTaskError",
 ]
 
 
@@ -121,7 +128,7 @@ class UnknownWorkflowError(AruntimeError):
 class RunFailedError(AruntimeError):
     """The run ended failed; `error_type` and `error_message` describe the cause.
 
-    When the cause was a step that failed for good, `step`, `position` and `attempts`
+    When the cause was a step that failed for good, `step`, `identity` and `attempts`
     name it; they are None when the workflow itself raised.
     """
 
@@ -132,19 +139,19 @@ class RunFailedError(AruntimeError):
         error_message: str,
         *,
         step: str | None = None,
-        position: int | None = None,
+        identity: str | None = None,
         attempts: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.error_type = error_type
         self.error_message = error_message
         self.step = step
-        self.position = position
+        self.identity = identity
         self.attempts = attempts
         where = ""
         if step is not None:
             tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-            where = f" (step {step!r} at position {position}, after {tries})"
+            where = f" (step {step!r} at {identity}, after {tries})"
         super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}{where}")
 
 
@@ -155,6 +162,15 @@ class RunParkedError(AruntimeError):
         self.run_id = run_id
         self.reason = reason
         super().__init__(f"run {run_id!r} is parked: {reason}")
+
+
+class RunCancelledError(AruntimeError):
+    """The run ended by its cancellation (a user's request, or its deadline)."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} was cancelled: {reason}")
 
 
 class StepFailedError(AruntimeError):
@@ -168,38 +184,67 @@ class StepFailedError(AruntimeError):
         *,
         run_id: str,
         step: str,
-        position: int,
+        identity: str,
         attempt: int,
         error_type: str,
         error_message: str,
     ) -> None:
         self.run_id = run_id
         self.step = step
-        self.position = position
+        self.identity = identity
         self.attempt = attempt
         self.error_type = error_type
         self.error_message = error_message
         super().__init__(
-            f"run {run_id!r}: step {step!r} at position {position} failed after "
+            f"run {run_id!r}: step {step!r} at {identity} failed after "
             f"{attempt} attempt(s): {error_type}: {error_message}"
         )
 
 
+class StepTimeout(AruntimeError, TimeoutError):  # noqa: N818 - the name users record and match
+    """An attempt ran longer than its step's `timeout`; recorded as a failed attempt.
+
+    The step's retry policy decides what comes next, as for any failure.
+    """
+
+    def __init__(self, step: str, timeout: float) -> None:
+        self.step = step
+        self.timeout = timeout
+        super().__init__(f"step {step!r} ran longer than its timeout of {timeout:g}s")
+
+
 class NonDeterminismError(AruntimeError):
-    """On replay the workflow asked for another step than the log recorded there.
+    """On replay the workflow asked for another operation than the log recorded there.
 
     Nothing is appended after it; the run is parked until the workflow code is fixed.
     """
 
-    def __init__(self, *, run_id: str, position: int, recorded: str, requested: str) -> None:
+    def __init__(self, *, run_id: str, identity: str, recorded: str, requested: str) -> None:
         self.run_id = run_id
-        self.position = position
+        self.identity = identity
         self.recorded = recorded
         self.requested = requested
         super().__init__(
-            f"run {run_id!r}: at step position {position} the log recorded {recorded!r} "
-            f"but the workflow asked for {requested!r}; workflow code outside steps must "
-            "be deterministic (deploy the code that wrote this run, or start a new run)"
+            f"run {run_id!r}: at operation {identity} the log recorded {recorded} but the "
+            f"workflow asked for {requested}; code outside steps must be deterministic "
+            "(deploy the code that wrote this run and resume it, or start a new run)"
+        )
+
+
+class UntrackedTaskError(AruntimeError):
+    """An operation was called from a task that aruntime did not create for the run.
+
+    Raw `asyncio.gather`, `asyncio.create_task` and `asyncio.wait` give operations no
+    stable identity, so the runtime refuses them instead of risking a wrong replay.
+    """
+
+    def __init__(self, run_id: str, operation: str) -> None:
+        self.run_id = run_id
+        self.operation = operation
+        super().__init__(
+            f"run {run_id!r}: {operation} was called from a task that aruntime did not "
+            "create for this run (raw asyncio.gather, asyncio.create_task or asyncio.wait); "
+            "run operations concurrently with aruntime.gather or aruntime.TaskGroup"
         )
 
 

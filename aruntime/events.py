@@ -5,8 +5,17 @@ dense per-run `sequence` (1, 2, 3, ...). Results and arguments are stored as the
 runtime's serializer produced, so events never hold live Python objects and a log reads
 back exactly as it was written, whatever the serializer.
 
+Every operation of a run (a step, a sleep) is named by its structural identity: the
+`branch` it runs in (`""` for the workflow's root, `"2"` for the second branch the root
+created with `aruntime.gather` or `aruntime.TaskGroup`, `"2.1"` for the first branch that
+one created) and its `position` in that branch, counted from 1. The identity is written
+`"3"` for the root's third operation and `"2.1.3"` for the third operation of branch
+`2.1` (see `op_identity`). It depends only on the workflow's code, never on the order in
+which concurrent operations finished.
+
 Events are frozen msgspec structs: two are built per step, and a struct is built in about
-a tenth of the time of a frozen dataclass.
+a tenth of the time of a frozen dataclass. Fields added after the first release have
+defaults, so that logs written before them still read.
 
 `at` is the wall-clock time (seconds since the epoch) at which the runtime wrote the event;
 the fold never reads it except to copy it into the state.
@@ -20,14 +29,24 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "CancelRequested",
     "Event",
+    "OperationCancelled",
+    "RunCancelled",
     "RunCompleted",
     "RunFailed",
     "RunStarted",
+    "SleepStarted",
     "StepCompleted",
     "StepFailed",
     "StepStarted",
+    "op_identity",
 ]
+
+
+def op_identity(branch: str, position: int) -> str:
+    """The identity of the operation at `position` of `branch`, as logs and errors name it."""
+    return f"{branch}.{position}" if branch else str(position)
 
 
 class RunStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -39,17 +58,22 @@ class RunStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     workflow: str
     args: str
     """The serialized `[positional, keyword]` arguments of the workflow."""
+    deadline: float | None = None
+    """Wall-clock time at which the run is cancelled with the reason `timeout`."""
 
 
 class StepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An attempt of the step at `position` began; durable before the body runs."""
+    """An attempt of the step at (`branch`, `position`) began; durable before the body runs."""
 
     sequence: int
     at: float
     position: int
-    """The step's place in the workflow, counted from 1 in the order steps are called."""
+    """The operation's place in its branch, counted from 1."""
     step: str
     attempt: int
+    branch: str = ""
+    digest: str = ""
+    """A short digest of the step's arguments; empty when they were not recorded."""
 
 
 class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -61,6 +85,7 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     step: str
     attempt: int
     result: str
+    branch: str = ""
 
 
 class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -74,6 +99,37 @@ class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error_type: str
     error_message: str
     retry_at: float | None
+    branch: str = ""
+
+
+class SleepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow began a durable sleep until `wake_at` (wall-clock seconds)."""
+
+    sequence: int
+    at: float
+    position: int
+    wake_at: float
+    branch: str = ""
+
+
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Someone asked for the run to be cancelled (a user, or its deadline)."""
+
+    sequence: int
+    at: float
+    reason: str
+
+
+class OperationCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The run's cancellation reached the operation at (`branch`, `position`).
+
+    Replay delivers the cancellation at the same operation again.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    branch: str = ""
 
 
 class RunCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -93,10 +149,40 @@ class RunFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error_message: str
 
 
-Event: TypeAlias = RunStarted | StepStarted | StepCompleted | StepFailed | RunCompleted | RunFailed
+class RunCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The run ended by its cancellation; the run is terminal."""
+
+    sequence: int
+    at: float
+    reason: str
+
+
+Event: TypeAlias = (
+    RunStarted
+    | StepStarted
+    | StepCompleted
+    | StepFailed
+    | SleepStarted
+    | CancelRequested
+    | OperationCancelled
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunStarted, StepStarted, StepCompleted, StepFailed, RunCompleted, RunFailed)
+    for cls in (
+        RunStarted,
+        StepStarted,
+        StepCompleted,
+        StepFailed,
+        SleepStarted,
+        CancelRequested,
+        OperationCancelled,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+    )
 }
 """Every event class by its name, as stores write it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random as _random
 import uuid
 from collections.abc import Callable, Iterable
@@ -13,7 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from aruntime._definitions import Workflow, lookup_workflow
 from aruntime._log import logger
-from aruntime._runner import decode_args, encode_args
+from aruntime._runner import convert_result, decode_args, encode_args
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
@@ -21,13 +22,21 @@ from aruntime.errors import (
     ConfigError,
     CorruptLogError,
     InvalidRunIdError,
+    RunCancelledError,
     RunFailedError,
     RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
     StoreError,
 )
-from aruntime.events import RunCompleted, RunFailed, RunStarted
+from aruntime.events import (
+    CancelRequested,
+    Event,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+)
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
 from aruntime.store import EventStore, MemoryStore, RunInfo, open_store
@@ -190,6 +199,14 @@ class Runtime:
             if self._owns_store:
                 await self.store.aclose()
 
+    async def open(self) -> Runtime:
+        """Open the store and resume unfinished runs, as `async with` does on entry.
+
+        For applications whose start-up and shut-down hooks are separate calls (a
+        FastAPI or Starlette lifespan, a worker's main); pair it with `aclose()`.
+        """
+        return await self.__aenter__()
+
     async def aclose(self) -> None:
         """Stop every run task (they resume next time) and release the store."""
         await self.__aexit__(None, None, None)
@@ -210,6 +227,7 @@ class Runtime:
         /,
         *args: Any,
         run_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the run's recorded deadline
         **kwargs: Any,
     ) -> RunHandle[R]:
         """Start a run of `workflow` with `args` and `kwargs`, or find the existing one.
@@ -217,6 +235,8 @@ class Runtime:
         Args:
             run_id: the run's name and idempotency key; a random id when None. Starting an
                 id again with the same workflow and arguments returns the existing run.
+            timeout: seconds from now after which the run is cancelled with the reason
+                `timeout`; the deadline is recorded with the run and holds across restarts.
 
         Raises:
             InvalidRunIdError: the run id is unusable.
@@ -234,9 +254,19 @@ class Runtime:
             raise ConfigError(
                 f"workflow {workflow.name!r} is not the one this runtime runs under that name"
             )
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+        ):
+            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
+        now = self.clock.now()
         event = RunStarted(
-            sequence=1, at=self.clock.now(), run_id=run_id, workflow=workflow.name, args=encoded
+            sequence=1,
+            at=now,
+            run_id=run_id,
+            workflow=workflow.name,
+            args=encoded,
+            deadline=None if timeout is None else now + timeout,
         )
         try:
             await self.store.append(run_id, (event,), 0)
@@ -256,7 +286,7 @@ class Runtime:
         fold_into(state, (event,))
         logger.info("run.started", run_id=run_id, workflow=workflow.name)
         supervisor.spawn(run_id, state)
-        return RunHandle(self, run_id)
+        return RunHandle(self, run_id, workflow)
 
     async def _existing(
         self, run_id: str, workflow: Workflow[..., R], encoded: str
@@ -271,7 +301,7 @@ class Runtime:
             run_id, encoded
         ):
             raise RunIdConflictError(run_id, "with other arguments")
-        return RunHandle(self, run_id)
+        return RunHandle(self, run_id, workflow)
 
     def _canonical(self, run_id: str, text: str) -> str:
         """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
@@ -313,6 +343,58 @@ class Runtime:
         if not info.status.terminal:
             supervisor.spawn(run_id)
 
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunStatus:
+        """Cancel a run: record the request durably, then deliver it.
+
+        A run that this runtime runs gets `asyncio.CancelledError` at the operation it
+        waits on (a step in flight, a sleep, a retry's backoff); its cleanup code runs and
+        the run ends `CANCELLED`. A run that nothing runs (parked, or left for a runtime
+        that knows its workflow) ends `CANCELLED` at once. Cancelling an ended run changes
+        nothing. When the run's completion and the cancellation race, whichever is durable
+        first wins.
+
+        Returns:
+            The run's status once the request is recorded (`RUNNING` while the run is
+            still cleaning up; `handle.result()` then raises `RunCancelledError`).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        supervisor = self._require_supervisor()
+        check_run_id(run_id)
+        if reason is not None and not isinstance(reason, str):
+            raise ConfigError(f"a cancellation reason must be a str, got {reason!r}")
+        text = reason or "cancelled"
+        while True:
+            runner = supervisor.runner(run_id)
+            if runner is not None:
+                await runner.request_cancel(text)
+                return runner.state.status
+            events = await self.store.events_for(run_id)
+            if not events:
+                raise RunNotFoundError(run_id)
+            state = replay(events)
+            if state.status.terminal or state.cancel_reason is not None:
+                return state.status
+            supervised = supervisor.supervising(run_id)  # a respawn is on its way
+            now = self.clock.now()
+            batch: list[Event] = [CancelRequested(sequence=state.version + 1, at=now, reason=text)]
+            if not supervised:
+                batch.append(RunCancelled(sequence=state.version + 2, at=now, reason=text))
+            try:
+                await self.store.append(run_id, batch, state.version)
+            except ConcurrencyError:
+                continue  # the run moved on meanwhile: look again
+            logger.info("run.cancel_requested", run_id=run_id, reason=text)
+            if supervised:
+                return RunStatus.RUNNING
+            info = await self.store.get_run(run_id)
+            if info is not None and info.parked:
+                await self.store.unpark(run_id)
+            fold_into(state, batch)
+            self._run_exited(run_id, state)
+            return RunStatus.CANCELLED
+
     @property
     def stats(self) -> SupervisorStats:
         """Counters of spawned, respawned and parked runs."""
@@ -350,11 +432,14 @@ class Runtime:
 class RunHandle(Generic[R]):
     """A reference to one run, by id."""
 
-    __slots__ = ("_runtime", "run_id")
+    __slots__ = ("_runtime", "_workflow", "run_id")
 
-    def __init__(self, runtime: Runtime, run_id: str) -> None:
+    def __init__(
+        self, runtime: Runtime, run_id: str, workflow: Workflow[..., R] | None = None
+    ) -> None:
         self._runtime = runtime
         self.run_id = run_id
+        self._workflow: Workflow[..., Any] | None = workflow
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
@@ -363,11 +448,16 @@ class RunHandle(Generic[R]):
         """The run's state, replayed from its log."""
         return await self._runtime.state(self.run_id)
 
+    async def cancel(self, reason: str | None = None) -> RunStatus:
+        """Cancel the run (see `Runtime.cancel`)."""
+        return await self._runtime.cancel(self.run_id, reason=reason)
+
     async def result(self) -> R:
         """Wait for the run to end and return the workflow's result.
 
         Raises:
             RunFailedError: the run ended failed (with the cause's type and message).
+            RunCancelledError: the run ended cancelled (with the reason).
             RunParkedError: the supervisor parked the run.
             RunNotFoundError: no such run.
         """
@@ -390,16 +480,29 @@ class RunHandle(Generic[R]):
     def _from_state(self, state: RunState) -> R:
         if state.status is RunStatus.COMPLETED:
             assert state.result is not None
-            value: R = self._runtime.serializer.loads(state.result)
-            return value
+            return self._decode(state.result, state.workflow)
+        if state.status is RunStatus.CANCELLED:
+            raise RunCancelledError(self.run_id, state.cancel_reason or "")
         raise _failure(self.run_id, state)
+
+    def _decode(self, text: str, workflow_name: str | None) -> R:
+        """The recorded result, as the workflow's return annotation says."""
+        workflow = self._workflow
+        if workflow is None and workflow_name is not None:
+            workflow = self._runtime._find_workflow(workflow_name)
+        value = self._runtime.serializer.loads(text)
+        if workflow is None:
+            return value  # type: ignore[no-any-return]
+        return convert_result(value, workflow.result_type(), self.run_id, None)  # type: ignore[no-any-return]
 
     async def _outcome(self, version: int) -> R:
         last = await self._runtime.store.events_for(self.run_id, after=version - 1)
         event = last[-1] if last else None
         if isinstance(event, RunCompleted):
-            value: R = self._runtime.serializer.loads(event.result)
-            return value
+            info = await self._runtime.store.get_run(self.run_id)
+            return self._decode(event.result, None if info is None else info.workflow)
+        if isinstance(event, RunCancelled):
+            raise RunCancelledError(self.run_id, event.reason)
         if isinstance(event, RunFailed):  # rare: the whole log, to name the failed step
             raise _failure(self.run_id, replay(await self._runtime.store.events_for(self.run_id)))
         raise CorruptLogError(self.run_id, version, f"a finished run ends with {event!r:.80}")
@@ -419,5 +522,5 @@ def _failure(run_id: str, state: RunState) -> RunFailedError:
     if cause is None:
         return RunFailedError(run_id, kind, message)
     return RunFailedError(
-        run_id, kind, message, step=cause.step, position=cause.position, attempts=cause.attempts
+        run_id, kind, message, step=cause.step, identity=cause.identity, attempts=cause.attempts
     )

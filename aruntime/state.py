@@ -4,10 +4,16 @@
 reads at start-up, and folds every event it appends afterwards with the same code, so
 "resume after a crash" and "compute current state" are one operation.
 
+The fold keeps one state per operation, keyed by the operation's identity (`"3"`,
+`"2.1.4"`, see `aruntime.events.op_identity`): a `StepState` for a step, a `SleepState`
+for a durable sleep. One identity names one operation: a log that records a step and a
+sleep at the same identity is corrupt.
+
 The fold is strict. It accepts exactly the logs a correct runner can write and raises
 `CorruptLogError` for anything else: a gap or a duplicate in the sequence, a log that does
 not begin with `RunStarted`, an event after the run ended, a step outcome without a
-matching start, an attempt number out of order, or an object that is not an event.
+matching start, an attempt number out of order, a cancellation nobody requested, or an
+object that is not an event.
 
 The fold is resumable: `replay(tail, replay(head)) == replay(head + tail)`. `replay` never
 mutates the state it is given (it folds into a copy), which is what makes a state safe to
@@ -25,16 +31,29 @@ import msgspec
 
 from aruntime.errors import CorruptLogError
 from aruntime.events import (
+    CancelRequested,
     Event,
+    OperationCancelled,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
+    SleepStarted,
     StepCompleted,
     StepFailed,
     StepStarted,
+    op_identity,
 )
 
-__all__ = ["RunState", "RunStatus", "StepState", "StepStatus", "fold_into", "replay"]
+__all__ = [
+    "RunState",
+    "RunStatus",
+    "SleepState",
+    "StepState",
+    "StepStatus",
+    "fold_into",
+    "replay",
+]
 
 
 class RunStatus(enum.StrEnum):
@@ -45,11 +64,15 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
         """True when the run can never change again."""
-        return self is RunStatus.COMPLETED or self is RunStatus.FAILED
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 class StepStatus(enum.StrEnum):
@@ -62,16 +85,26 @@ class StepStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     """The step failed for good."""
+    CANCELLED = "cancelled"
+    """The run's cancellation reached the step; it never runs again."""
+
+
+_STEP_ENDED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
 
 
 class StepState(msgspec.Struct):
-    """The fold of every event about the step at one position."""
+    """The fold of every event about the step at one identity."""
 
-    position: int
+    identity: str
+    """Branch and position, as `aruntime.events.op_identity` writes them."""
     step: str
     status: StepStatus
     attempts: int
     """How many attempts have started, counted from the log."""
+    branch: str = ""
+    position: int = 0
+    digest: str = ""
+    """The digest of the arguments the first attempt recorded."""
     result: str | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -80,8 +113,16 @@ class StepState(msgspec.Struct):
     """When the first attempt started."""
     finished_at: float | None = None
 
-    def copy(self) -> StepState:
-        return msgspec.structs.replace(self)
+
+class SleepState(msgspec.Struct):
+    """A durable sleep: when it wakes, and whether the run's cancellation cut it short."""
+
+    identity: str
+    wake_at: float
+    branch: str = ""
+    position: int = 0
+    started_at: float = 0.0
+    cancelled: bool = False
 
 
 class RunState(msgspec.Struct):
@@ -93,18 +134,31 @@ class RunState(msgspec.Struct):
     status: RunStatus = RunStatus.PENDING
     version: int = 0
     """The sequence of the last event folded; equals the length of the log."""
-    steps: dict[int, StepState] = msgspec.field(default_factory=dict)
+    steps: dict[str, StepState] = msgspec.field(default_factory=dict)
+    """Every step that started, by identity."""
+    sleeps: dict[str, SleepState] = msgspec.field(default_factory=dict)
+    """Every durable sleep that started, by identity."""
     result: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+    deadline: float | None = None
+    """When the run is cancelled with the reason `timeout`, if it has a deadline."""
+    cancel_reason: str | None = None
+    """Why the run's cancellation was requested; None while nobody asked."""
     started_at: float | None = None
     updated_at: float | None = None
     finished_at: float | None = None
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_reason is not None
+
     def copy(self) -> RunState:
         """An independent copy; folding into it leaves this state unchanged."""
         return msgspec.structs.replace(
-            self, steps={pos: msgspec.structs.replace(s) for pos, s in self.steps.items()}
+            self,
+            steps={key: msgspec.structs.replace(s) for key, s in self.steps.items()},
+            sleeps={key: msgspec.structs.replace(s) for key, s in self.sleeps.items()},
         )
 
 
@@ -156,15 +210,13 @@ def fold_into(state: RunState, events: Iterable[Event]) -> None:
         state.updated_at = event.at
 
 
-_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
-
-
 def _run_started(state: RunState, event: RunStarted) -> None:
     if state.version != 0:
         raise CorruptLogError(state.run_id, event.sequence, "RunStarted after the first event")
     state.run_id = event.run_id
     state.workflow = event.workflow
     state.args = event.args
+    state.deadline = event.deadline
     state.status = RunStatus.RUNNING
     state.started_at = event.at
 
@@ -176,36 +228,60 @@ def _require_started(state: RunState, event: Event) -> None:
         )
 
 
-def _step_started(state: RunState, event: StepStarted) -> None:
+def _identity(
+    state: RunState, event: StepStarted | StepCompleted | StepFailed | SleepStarted
+) -> str:
+    """Check the event's branch and position and return its operation identity."""
     _require_started(state, event)
-    _check_counters(state, event)
-    current = state.steps.get(event.position)
+    position, branch = event.position, event.branch
+    if type(position) is not int or position < 1:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"operation position {position!r} is not an int >= 1"
+        )
+    if type(branch) is not str:
+        raise CorruptLogError(state.run_id, event.sequence, f"branch {branch!r} is not a str")
+    return op_identity(branch, position) if branch else str(position)
+
+
+def _step_started(state: RunState, event: StepStarted) -> None:
+    identity = _identity(state, event)
+    _check_attempt(state, event)
+    current = state.steps.get(identity)
     if current is None:
+        if identity in state.sleeps:
+            raise CorruptLogError(
+                state.run_id, event.sequence, f"step {event.step!r} at {identity}, a sleep's"
+            )
         if event.attempt != 1:
             raise CorruptLogError(
                 state.run_id,
                 event.sequence,
-                f"step {event.step!r} at position {event.position} starts at attempt "
-                f"{event.attempt}, not 1",
+                f"step {event.step!r} at {identity} starts at attempt {event.attempt}, not 1",
             )
-        state.steps[event.position] = StepState(
-            event.position, event.step, StepStatus.RUNNING, 1, started_at=event.at
+        state.steps[identity] = StepState(
+            identity,
+            event.step,
+            StepStatus.RUNNING,
+            1,
+            branch=event.branch,
+            position=event.position,
+            digest=event.digest,
+            started_at=event.at,
         )
         return
     _check_same_step(state, current, event)
-    if current.status is StepStatus.COMPLETED or current.status is StepStatus.FAILED:
+    if current.status in _STEP_ENDED:
         raise CorruptLogError(
             state.run_id,
             event.sequence,
-            f"step {event.step!r} at position {event.position} restarted after it "
-            f"{current.status.value}",
+            f"step {event.step!r} at {identity} restarted after it {current.status.value}",
         )
     if event.attempt != current.attempts + 1:
         raise CorruptLogError(
             state.run_id,
             event.sequence,
-            f"step {event.step!r} at position {event.position}: attempt {event.attempt} "
-            f"follows attempt {current.attempts}",
+            f"step {event.step!r} at {identity}: attempt {event.attempt} follows attempt "
+            f"{current.attempts}",
         )
     # A start while the previous attempt is still RUNNING is legal: that attempt was lost
     # to a crash and counts against the step's attempts.
@@ -215,14 +291,14 @@ def _step_started(state: RunState, event: StepStarted) -> None:
 
 
 def _running_step(state: RunState, event: StepCompleted | StepFailed) -> StepState:
-    _require_started(state, event)
-    _check_counters(state, event)
-    current = state.steps.get(event.position)
+    identity = _identity(state, event)
+    _check_attempt(state, event)
+    current = state.steps.get(identity)
     if current is None:
         raise CorruptLogError(
             state.run_id,
             event.sequence,
-            f"{type(event).__name__} for position {event.position}, which never started",
+            f"{type(event).__name__} for {identity}, which never started",
         )
     _check_same_step(state, current, event)
     if current.status is not StepStatus.RUNNING or event.attempt != current.attempts:
@@ -230,18 +306,13 @@ def _running_step(state: RunState, event: StepCompleted | StepFailed) -> StepSta
             state.run_id,
             event.sequence,
             f"{type(event).__name__} for attempt {event.attempt} of step {event.step!r} "
-            f"at position {event.position}, whose attempt {current.attempts} is "
-            f"{current.status.value}",
+            f"at {identity}, whose attempt {current.attempts} is {current.status.value}",
         )
     return current
 
 
-def _check_counters(state: RunState, event: StepStarted | StepCompleted | StepFailed) -> None:
-    position, attempt = event.position, event.attempt
-    if type(position) is not int or position < 1:
-        raise CorruptLogError(
-            state.run_id, event.sequence, f"step position {position!r} is not an int >= 1"
-        )
+def _check_attempt(state: RunState, event: StepStarted | StepCompleted | StepFailed) -> None:
+    attempt = event.attempt
     if type(attempt) is not int or attempt < 1:
         raise CorruptLogError(
             state.run_id, event.sequence, f"attempt {attempt!r} is not an int >= 1"
@@ -255,7 +326,7 @@ def _check_same_step(
         raise CorruptLogError(
             state.run_id,
             event.sequence,
-            f"position {event.position} holds step {current.step!r}, not {event.step!r}",
+            f"{current.identity} holds step {current.step!r}, not {event.step!r}",
         )
 
 
@@ -279,6 +350,53 @@ def _step_failed(state: RunState, event: StepFailed) -> None:
         current.status = StepStatus.RETRYING
 
 
+def _sleep_started(state: RunState, event: SleepStarted) -> None:
+    identity = _identity(state, event)
+    if identity in state.sleeps or identity in state.steps:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"a second operation recorded at {identity}"
+        )
+    wake_at = event.wake_at
+    if type(wake_at) is not float and type(wake_at) is not int:
+        raise CorruptLogError(state.run_id, event.sequence, f"wake time {wake_at!r}")
+    state.sleeps[identity] = SleepState(
+        identity, wake_at, branch=event.branch, position=event.position, started_at=event.at
+    )
+
+
+def _cancel_requested(state: RunState, event: CancelRequested) -> None:
+    _require_started(state, event)
+    if state.cancel_reason is not None:
+        raise CorruptLogError(state.run_id, event.sequence, "a second CancelRequested")
+    state.cancel_reason = event.reason
+
+
+def _operation_cancelled(state: RunState, event: OperationCancelled) -> None:
+    identity = _identity(state, event)  # type: ignore[arg-type]
+    if state.cancel_reason is None:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"{identity} cancelled, but nobody asked"
+        )
+    step = state.steps.get(identity)
+    if step is not None:
+        if step.status in _STEP_ENDED:
+            raise CorruptLogError(
+                state.run_id,
+                event.sequence,
+                f"step {step.step!r} at {identity} cancelled after it {step.status.value}",
+            )
+        step.status = StepStatus.CANCELLED
+        step.retry_at = None
+        step.finished_at = event.at
+        return
+    sleep = state.sleeps.get(identity)
+    if sleep is None or sleep.cancelled:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"cancelled {identity}, which is not in flight"
+        )
+    sleep.cancelled = True
+
+
 def _run_completed(state: RunState, event: RunCompleted) -> None:
     _require_started(state, event)
     state.status = RunStatus.COMPLETED
@@ -294,11 +412,23 @@ def _run_failed(state: RunState, event: RunFailed) -> None:
     state.finished_at = event.at
 
 
+def _run_cancelled(state: RunState, event: RunCancelled) -> None:
+    _require_started(state, event)
+    if state.cancel_reason is None:
+        raise CorruptLogError(state.run_id, event.sequence, "RunCancelled, but nobody asked")
+    state.status = RunStatus.CANCELLED
+    state.finished_at = event.at
+
+
 _APPLY: dict[type[Any], Callable[[RunState, Any], None]] = {
     RunStarted: _run_started,
     StepStarted: _step_started,
     StepCompleted: _step_completed,
     StepFailed: _step_failed,
+    SleepStarted: _sleep_started,
+    CancelRequested: _cancel_requested,
+    OperationCancelled: _operation_cancelled,
     RunCompleted: _run_completed,
     RunFailed: _run_failed,
+    RunCancelled: _run_cancelled,
 }

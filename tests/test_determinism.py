@@ -122,9 +122,9 @@ async def test_other_step_at_a_recorded_position_raises_non_determinism_error() 
     await record_with_v1(store)
     reason = await resume_with(store, order_v2_other_step)
     assert reason.startswith("NonDeterminismError")
-    assert "position 2" in reason
-    assert "recorded 'ship'" in reason
-    assert "asked for 'refund'" in reason
+    assert "operation 2" in reason
+    assert "recorded step 'ship'" in reason
+    assert "asked for step 'refund'" in reason
 
 
 async def test_non_deterministic_run_is_parked_and_stays_running() -> None:
@@ -162,8 +162,8 @@ async def test_workflow_returning_before_its_recorded_steps_is_non_deterministic
     log = await record_with_v1(store)
     reason = await resume_with(store, order_v2_returns_early)
     assert reason.startswith("NonDeterminismError")
-    assert "position 2" in reason
-    assert "recorded 'ship'" in reason
+    assert "operation 2" in reason
+    assert "recorded step 'ship'" in reason
     assert await store.events_for("o") == log
 
 
@@ -173,6 +173,6 @@ async def test_workflow_raising_before_its_recorded_steps_is_non_deterministic()
     log = await record_with_v1(store)
     reason = await resume_with(store, order_v2_raises_early)
     assert reason.startswith("NonDeterminismError")
-    assert "position 2" in reason
-    assert "recorded 'ship'" in reason
+    assert "operation 2" in reason
+    assert "recorded step 'ship'" in reason
     assert await store.events_for("o") == log

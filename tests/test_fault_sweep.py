@@ -135,7 +135,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Pat
 
 async def _sweep(kind: str, directory: Path, mode: Mode) -> list[str]:
     clean, _ = await _run_once(STORES[kind](directory / "clean"), None, mode)
-    assert clean.operations > 10
+    assert clean.operations >= 8
     failed: list[str] = []
     for n in range(1, clean.operations + 1):
         bodies.clear()
@@ -181,7 +181,7 @@ async def test_failed_final_append_respawns_with_the_store_error_as_cause() -> N
     failed: list[bool] = []
 
     def once_on_completion(run_id: str, events: Sequence[Event]) -> bool:
-        if isinstance(events[0], RunCompleted) and not failed:
+        if isinstance(events[-1], RunCompleted) and not failed:
             failed.append(True)
             return True
         return False

@@ -162,7 +162,7 @@ async def catch_and_continue() -> list[object]:
     try:
         await refuses()
     except StepFailedError as exc:
-        return [exc.step, exc.position, exc.attempt, exc.error_type, await fallback()]
+        return [exc.step, exc.identity, exc.attempt, exc.error_type, await fallback()]
     return ["not reached"]
 
 
@@ -227,7 +227,7 @@ async def test_exhausted_retries_fail_the_run_with_the_last_error() -> None:
     assert attempts == [1, 2, 3]
     assert info.value.error_type == qualified(TransientError)
     assert info.value.error_message == "boom on attempt 3"
-    step_state = state.steps[1]
+    step_state = state.steps["1"]
     assert (step_state.status, step_state.attempts, step_state.retry_at) == (
         StepStatus.FAILED,
         3,
@@ -246,12 +246,12 @@ async def test_run_failed_error_names_the_step_that_ended_the_run() -> None:
         with pytest.raises(RunFailedError) as read_back:
             await later.handle("x").result()
     for info in (here, read_back):
-        assert (info.value.step, info.value.position, info.value.attempts) == (
+        assert (info.value.step, info.value.identity, info.value.attempts) == (
             always_fails.name,
-            1,
+            "1",
             3,
         )
-        assert f"(step {always_fails.name!r} at position 1, after 3 attempts)" in str(info.value)
+        assert f"(step {always_fails.name!r} at 1, after 3 attempts)" in str(info.value)
 
 
 async def test_run_failed_by_the_workflow_itself_names_no_step() -> None:
@@ -260,7 +260,7 @@ async def test_run_failed_by_the_workflow_itself_names_no_step() -> None:
         with pytest.raises(RunFailedError) as info:
             await (await start(rt, catch_and_raise, run_id="own")).result()
     assert info.value.error_message == "gave up on my own"
-    assert (info.value.step, info.value.position, info.value.attempts) == (None, None, None)
+    assert (info.value.step, info.value.identity, info.value.attempts) == (None, None, None)
 
 
 @pytest.mark.parametrize("kind", list(ONE_SHOT), ids=list(ONE_SHOT))
@@ -297,7 +297,7 @@ async def test_workflow_may_catch_step_failed_error_and_continue() -> None:
         handle = await start(rt, catch_and_continue, run_id="c")
         result = await handle.result()
         state = await handle.state()
-    assert result == ["refuses", 1, 1, "aruntime.NonRetryableError", "fallback"]
+    assert result == ["refuses", "1", 1, "aruntime.NonRetryableError", "fallback"]
     assert [s.status for s in state.steps.values()] == [StepStatus.FAILED, StepStatus.COMPLETED]
 
 
@@ -360,5 +360,5 @@ async def test_attempts_killed_by_crashes_count_toward_max_attempts() -> None:
         "StepFailed",
         "RunFailed",
     ]
-    step_state = replay(events).steps[1]
+    step_state = replay(events).steps["1"]
     assert (step_state.status, step_state.attempts) == (StepStatus.FAILED, 3)

@@ -152,6 +152,11 @@ async def wait_for_all_three(x: int) -> int:
 
 @workflow
 async def fan_out() -> list[int]:
+    return list(await aruntime.gather(*(wait_for_all_three(x) for x in (1, 2, 3))))
+
+
+@workflow
+async def raw_fan_out() -> list[int]:
     return list(await asyncio.gather(*(wait_for_all_three(x) for x in (1, 2, 3))))
 
 
@@ -177,6 +182,7 @@ async def look_at_log() -> str:
 async def observe_log() -> str:
     value = await look_at_log()
     seen.append(kinds(await stores[0].events_for(current_run().run_id)))
+    await look_at_log()
     return value
 
 
@@ -199,12 +205,16 @@ async def test_step_started_is_durable_before_the_body_runs() -> None:
     assert seen[0] == ["RunStarted", "StepStarted"]
 
 
-async def test_step_outcome_is_durable_before_the_workflow_sees_it() -> None:
-    """When a step call returns in the workflow, its StepCompleted is already stored."""
+async def test_step_outcome_is_durable_before_the_next_step_body_runs() -> None:
+    """A step's StepCompleted goes out without a wait of its own, but it is stored, with the
+    next StepStarted, before the next body runs: one durable commit per step."""
     async with runtime() as rt:
         stores.append(rt.store)
         await (await start(rt, observe_log, run_id="wa")).result()
-    assert seen[1] == ["RunStarted", "StepStarted", "StepCompleted"]
+        events = await rt.store.events_for("wa")
+    assert seen[1] == ["RunStarted", "StepStarted"]
+    assert seen[2] == ["RunStarted", "StepStarted", "StepCompleted", "StepStarted"]
+    assert kinds(events)[-2:] == ["StepCompleted", "RunCompleted"]
 
 
 async def test_sequence_feeds_each_step_the_previous_result() -> None:
@@ -348,10 +358,23 @@ async def test_parallel_steps_with_gather_run_concurrently_and_are_recorded() ->
         events = await rt.store.events_for("fan")
     # Each body waits until all three have entered, so they can only finish together.
     assert sorted(bodies) == ["entered 1", "entered 2", "entered 3"]
-    assert sorted(e.position for e in events if isinstance(e, StepStarted)) == [1, 2, 3]
-    completed = {e.position: e.result for e in events if isinstance(e, StepCompleted)}
-    assert completed == {1: "10", 2: "20", 3: "30"}
-    assert [s.status for s in replay(events).steps.values()] == [StepStatus.COMPLETED] * 3
+    assert sorted(e.branch for e in events if isinstance(e, StepStarted)) == ["1", "2", "3"]
+    completed = {e.branch: e.result for e in events if isinstance(e, StepCompleted)}
+    assert completed == {"1": "10", "2": "20", "3": "30"}
+    state = replay(events)
+    assert sorted(state.steps) == ["1.1", "2.1", "3.1"]
+    assert [s.status for s in state.steps.values()] == [StepStatus.COMPLETED] * 3
+
+
+async def test_steps_under_raw_asyncio_gather_are_refused_and_park_the_run() -> None:
+    """A step called from a task aruntime did not create gets no identity: the run is
+    parked with an error naming aruntime.gather, and no step is recorded."""
+    async with runtime() as rt:
+        handle = await start(rt, raw_fan_out, run_id="raw")
+        with pytest.raises(aruntime.RunParkedError, match=r"UntrackedTaskError.*aruntime\.gather"):
+            await handle.result()
+        events = await rt.store.events_for("raw")
+    assert kinds(events) == ["RunStarted"]
 
 
 async def test_step_called_outside_a_workflow_just_runs() -> None:

@@ -78,7 +78,13 @@ def _reference_fold(log: list[Event]) -> RunState:
         failures = [e for e in mine if isinstance(e, StepFailed)]
         final = mine[-1]
         step = StepState(
-            position, starts[0].step, StepStatus.RUNNING, len(starts), started_at=starts[0].at
+            str(position),
+            starts[0].step,
+            StepStatus.RUNNING,
+            len(starts),
+            position=position,
+            digest=starts[0].digest,
+            started_at=starts[0].at,
         )
         if failures:
             step.error_type = failures[-1].error_type
@@ -94,7 +100,7 @@ def _reference_fold(log: list[Event]) -> RunState:
             step.status, step.finished_at = StepStatus.FAILED, final.at
         elif isinstance(final, StepFailed):
             step.status, step.retry_at = StepStatus.RETRYING, final.retry_at
-        state.steps[position] = step
+        state.steps[str(position)] = step
     return state
 
 
@@ -453,7 +459,7 @@ def test_other_step_name_at_a_recorded_position_is_corrupt(kind: str) -> None:
         b.failed(step="charge", retry_at=9.0)
     err = _corrupt(list(b.events))
     assert (err.run_id, err.sequence) == ("run-1", 3)
-    assert "position 1 holds step 'fetch', not 'charge'" in err.reason
+    assert "1 holds step 'fetch', not 'charge'" in err.reason
 
 
 @pytest.mark.parametrize("position", [0, -1])
@@ -566,7 +572,7 @@ def test_run_started_records_the_run() -> None:
 def test_attempts_count_interrupted_attempts() -> None:
     """A StepStarted that follows a StepStarted (a crash in between) counts both attempts."""
     b = LogBuilder().run_started().started().started(attempt=2).started(attempt=3)
-    step = replay(b.events).steps[1]
+    step = replay(b.events).steps["1"]
     assert (step.status, step.attempts) == (StepStatus.RUNNING, 3)
     assert step.started_at == 2.0
 
@@ -574,7 +580,7 @@ def test_attempts_count_interrupted_attempts() -> None:
 def test_failure_with_retry_at_is_retrying() -> None:
     """StepFailed with a due time leaves the step RETRYING until then, with the error kept."""
     b = LogBuilder().run_started().started().failed(retry_at=30.0, error_message="timeout")
-    step = replay(b.events).steps[1]
+    step = replay(b.events).steps["1"]
     assert step.status is StepStatus.RETRYING
     assert (step.attempts, step.retry_at) == (1, 30.0)
     assert (step.error_type, step.error_message) == ("ValueError", "timeout")
@@ -585,7 +591,7 @@ def test_failure_with_retry_at_is_retrying() -> None:
 def test_failure_without_retry_at_fails_the_step_for_good() -> None:
     """StepFailed with retry_at None leaves the step FAILED, with its error and end time."""
     b = LogBuilder().run_started().started().failed(retry_at=None, error_type="KeyError")
-    step = replay(b.events).steps[1]
+    step = replay(b.events).steps["1"]
     assert step.status is StepStatus.FAILED
     assert (step.error_type, step.error_message, step.retry_at) == ("KeyError", "boom", None)
     assert step.finished_at == 3.0
@@ -594,7 +600,7 @@ def test_failure_without_retry_at_fails_the_step_for_good() -> None:
 def test_retry_start_clears_due_time_and_counts_attempt() -> None:
     """Starting the retry makes the step RUNNING again with no due time."""
     b = LogBuilder().run_started().started().failed(retry_at=9.0).started(attempt=2)
-    step = replay(b.events).steps[1]
+    step = replay(b.events).steps["1"]
     assert (step.status, step.attempts, step.retry_at) == (StepStatus.RUNNING, 2, None)
 
 
@@ -602,7 +608,7 @@ def test_completion_after_retries_keeps_result_and_drops_error() -> None:
     """A step that completes on its second attempt holds the result and no error."""
     b = LogBuilder().run_started().started().failed(retry_at=9.0)
     b.started(attempt=2).completed(attempt=2, result='{"n":1}')
-    step = replay(b.events).steps[1]
+    step = replay(b.events).steps["1"]
     assert (step.status, step.attempts, step.result) == (StepStatus.COMPLETED, 2, '{"n":1}')
     assert (step.error_type, step.error_message, step.retry_at) == (None, None, None)
     assert (step.started_at, step.finished_at) == (2.0, 5.0)
@@ -624,8 +630,8 @@ def test_parallel_steps_interleave() -> None:
     b = LogBuilder().run_started().started(1, step="fetch").started(2, step="charge")
     b.completed(2, step="charge", result="2").failed(1, step="fetch", retry_at=10.0)
     steps = replay(b.events).steps
-    assert steps[1].status is StepStatus.RETRYING
-    assert (steps[2].status, steps[2].result) == (StepStatus.COMPLETED, "2")
+    assert steps["1"].status is StepStatus.RETRYING
+    assert (steps["2"].status, steps["2"].result) == (StepStatus.COMPLETED, "2")
 
 
 def test_run_completed_keeps_the_result() -> None:
@@ -644,4 +650,4 @@ def test_run_failed_keeps_the_error() -> None:
     assert state.status.terminal
     assert (state.error_type, state.error_message) == ("KeyError", "no such order")
     assert (state.result, state.finished_at, state.version) == (None, 4.0, 4)
-    assert state.steps[1].status is StepStatus.FAILED
+    assert state.steps["1"].status is StepStatus.FAILED

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aruntime.errors import ConcurrencyError, CorruptLogError
-from aruntime.events import Event, RunCompleted, RunFailed, RunStarted
+from aruntime.events import Event, RunCancelled, RunCompleted, RunFailed, RunStarted
 from aruntime.state import RunStatus
 
 __all__ = ["EventStore", "RunInfo", "check_batch", "status_after"]
@@ -127,6 +127,7 @@ _STATUS_OF: dict[type[Any], RunStatus] = {
     RunStarted: RunStatus.RUNNING,
     RunCompleted: RunStatus.COMPLETED,
     RunFailed: RunStatus.FAILED,
+    RunCancelled: RunStatus.CANCELLED,
 }
 """The status each event type moves a run to; the other events leave it alone."""
 
