@@ -1,22 +1,28 @@
-"""Structured log events: dotted, past tense, bound with run_id, step and attempt.
+"""Log events: dotted, past tense, bound with run_id, step and attempt, silent by default.
 
-Assertions are on the event dicts `structlog.testing.capture_logs()` collects, never on
-rendered text.
+Events go to structlog once the application configures it, else to the standard library's
+`aruntime` logger. Assertions are on the event dicts `structlog.testing.capture_logs()`
+collects and on the records pytest's `caplog` collects, never on rendered text, except
+where the text is the behaviour: what an unconfigured process prints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from run_helpers import start, wait_until
 from structlog.testing import capture_logs
 
+import aruntime
 from aruntime import (
     NonRetryableError,
     RestartBudget,
@@ -29,6 +35,7 @@ from aruntime import (
     step,
     workflow,
 )
+from aruntime._log import debug_enabled
 from aruntime.testing import FakeClock, crash_run
 
 LogEntry = MutableMapping[str, Any]
@@ -38,16 +45,37 @@ gate = asyncio.Event()
 
 
 @pytest.fixture(autouse=True)
-def _reset() -> None:
-    """Give every test an empty record and a closed gate."""
+def _reset() -> Iterator[None]:
+    """Give every test an empty record, a closed gate and structlog unconfigured."""
     global gate  # noqa: PLW0603 - the gate must belong to the test's own event loop
     entered.clear()
     gate = asyncio.Event()
+    # capture_logs() leaves structlog configured (with its defaults) when it exits.
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def named(logs: list[LogEntry], event: str) -> list[LogEntry]:
     """The captured entries of one event, in order."""
     return [entry for entry in logs if entry["event"] == event]
+
+
+def records(caplog: pytest.LogCaptureFixture) -> dict[str, logging.LogRecord]:
+    """The `aruntime` records by event; each event is expected once."""
+    by_event: dict[str, logging.LogRecord] = {}
+    for record in caplog.records:
+        if record.name == "aruntime":
+            event = vars(record)["event"]
+            assert event not in by_event, f"{event} logged twice"
+            by_event[event] = record
+    return by_event
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The key/values a record carries besides its event."""
+    value: dict[str, Any] = vars(record)["fields"]
+    return value
 
 
 class FlakyError(Exception):
@@ -210,3 +238,151 @@ def test_library_never_configures_structlog() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[-1] == "unconfigured"
+
+
+def test_debug_enabled_follows_structlog_filtering() -> None:
+    """With structlog configured, debug events are enabled exactly when its filter lets them by."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    assert debug_enabled() is False
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    assert debug_enabled() is True
+
+
+def test_debug_enabled_follows_structlog_over_stdlib(caplog: pytest.LogCaptureFixture) -> None:
+    """structlog configured to wrap stdlib loggers enables debug events by the stdlib level."""
+    structlog.configure(
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+    )
+    caplog.set_level(logging.INFO, logger="aruntime")
+    assert debug_enabled() is False
+    caplog.set_level(logging.DEBUG, logger="aruntime")
+    assert debug_enabled() is True
+
+
+def test_debug_enabled_follows_the_stdlib_level(caplog: pytest.LogCaptureFixture) -> None:
+    """Without structlog configured, debug events are enabled when the aruntime logger is."""
+    assert logging.getLogger("aruntime").isEnabledFor(logging.DEBUG) is False
+    assert debug_enabled() is False
+    caplog.set_level(logging.DEBUG, logger="aruntime")
+    assert debug_enabled() is True
+
+
+async def test_stdlib_at_debug_gets_every_event_as_a_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without structlog configured, a logger at DEBUG gets run and step events as records."""
+    caplog.set_level(logging.DEBUG, logger="aruntime")
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        await (await start(rt, plain_workflow, run_id="ok")).result()
+    by_event = records(caplog)
+    levels = {event: record.levelno for event, record in by_event.items()}
+    assert levels == {
+        "run.started": logging.INFO,
+        "step.started": logging.DEBUG,
+        "step.completed": logging.DEBUG,
+        "run.completed": logging.INFO,
+    }
+    assert fields(by_event["step.started"]) == {"run_id": "ok", "step": "plain", "attempt": 1}
+    completed = by_event["run.completed"]
+    assert fields(completed) == {"run_id": "ok", "workflow": plain_workflow.name}
+    assert completed.getMessage() == f"run.completed run_id=ok workflow={plain_workflow.name}"
+
+
+async def test_stdlib_at_info_gets_run_events_but_no_step_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A logger at INFO gets run.started and run.completed, and no per-step debug record."""
+    caplog.set_level(logging.INFO, logger="aruntime")
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        await (await start(rt, plain_workflow, run_id="ok")).result()
+    assert sorted(records(caplog)) == ["run.completed", "run.started"]
+
+
+async def test_stdlib_record_of_a_failed_attempt_names_step_and_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """step.failed is a WARNING record whose message quotes text and whose source is aruntime's."""
+    caplog.set_level(logging.WARNING, logger="aruntime")
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        await (await start(rt, retry_workflow, run_id="r")).result()
+    (failed,) = records(caplog).values()
+    assert failed.levelno == logging.WARNING
+    assert fields(failed) == {
+        "run_id": "r",
+        "step": "fails_once",
+        "attempt": 1,
+        "error_type": f"{FlakyError.__module__}.FlakyError",
+        "error": "first attempt fails",
+        "final": False,
+    }
+    assert failed.getMessage() == (
+        f"step.failed run_id=r step=fails_once attempt=1 error_type={FlakyError.__module__}"
+        ".FlakyError error='first attempt fails' final=False"
+    )
+    source = Path(failed.pathname)
+    assert source.parent == Path(aruntime.__file__).parent
+    assert source.name != "_log.py"
+
+
+async def test_configured_structlog_takes_the_events_from_stdlib(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once structlog is configured, events go through it and the stdlib logger gets none."""
+    caplog.set_level(logging.DEBUG, logger="aruntime")
+    with capture_logs() as logs:
+        async with Runtime(clock=FakeClock(autojump=True)) as rt:
+            await (await start(rt, plain_workflow, run_id="ok")).result()
+    assert [entry["event"] for entry in logs] == [
+        "run.started",
+        "step.started",
+        "step.completed",
+        "run.completed",
+    ]
+    assert records(caplog) == {}
+
+
+UNCONFIGURED = """
+import asyncio
+import aruntime
+
+@aruntime.step(retry=aruntime.RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=0.0))
+async def one() -> int:
+    if FAIL_FIRST and aruntime.current_step().attempt == 1:
+        raise ValueError("first attempt fails")
+    return 1
+
+@aruntime.workflow
+async def wf() -> int:
+    return await one()
+
+async def main() -> None:
+    async with aruntime.Runtime() as rt:
+        assert await (await rt.start(wf, run_id="quiet")).result() == 1
+
+asyncio.run(main())
+"""
+
+
+def run_unconfigured(*, fail_first: bool) -> subprocess.CompletedProcess[str]:
+    """Run one workflow in a fresh interpreter that configures no logging at all."""
+    script = f"FAIL_FIRST = {fail_first}\n{UNCONFIGURED}"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+
+
+def test_unconfigured_successful_run_prints_nothing() -> None:
+    """With no logging configured, a successful run writes nothing to stdout or stderr."""
+    done = run_unconfigured(fail_first=False)
+    assert (done.stdout, done.stderr) == ("", "")
+
+
+def test_unconfigured_failed_attempt_warns_on_stderr() -> None:
+    """With no logging configured, a failed attempt's warning, and only it, reaches stderr."""
+    done = run_unconfigured(fail_first=True)
+    assert done.stdout == ""
+    assert done.stderr == (
+        "step.failed run_id=quiet step=one attempt=1 error_type=ValueError"
+        " error='first attempt fails' final=False\n"
+    )
