@@ -8,6 +8,7 @@ Examples (from the repository root)::
     python -m benchmarks latency --store sqlite --chart latency.png
     python -m benchmarks recovery --store sqlite
     python -m benchmarks scale --n 100000
+    python -m benchmarks sleep --store sqlite            # 10,000 runs wake at one instant
     python -m benchmarks replay
     python -m benchmarks floor --store sqlite             # what one durable append costs
     python -m benchmarks all --store sqlite --json
@@ -33,14 +34,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _floor, _recovery, _replay, _scale, report
+from benchmarks import _floor, _recovery, _replay, _scale, _sleep, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
 
-NAMES = ("throughput", "latency", "recovery", "retry", "scale", "replay", "floor")
+NAMES = ("throughput", "latency", "recovery", "retry", "scale", "sleep", "replay", "floor")
 CHARTED = ("throughput", "latency")
 AGAINST = ("throughput", "latency", "retry")
 """The workloads `--against` runs (the closed-loop ones)."""
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        help="measurements per system (default 5; 3 for recovery and scale)",
+        help="measurements per system (default 5; 3 for recovery, scale and sleep)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the replay log model")
     parser.add_argument(
@@ -410,6 +411,67 @@ class Suite:
             rep["notes"].append("the memory store keeps every log in memory: counted per run")
         return rep
 
+    # -- sleep ------------------------------------------------------------------------
+
+    def sleep(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["sleep"].resized(runs=args.n)
+        repeat = args.repeat or workload.default_repeat
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable() or _sleep.unavailable()
+        if reason is not None:
+            blocks["aruntime"] = {"skipped": reason}
+        else:
+            repeats: list[dict[str, float]] = []
+            with self.progress("sleep", repeat + 1) as progress:
+                for r in range(repeat):
+                    repeats.append(
+                        _sleep.measure(
+                            self.store,
+                            workload.runs,
+                            trace=False,
+                            workdir=self.workdir / f"sleep-{r}",
+                        )
+                    )
+                    self.settle()
+                    progress.update()
+                traced = _sleep.measure(
+                    self.store, workload.runs, trace=True, workdir=self.workdir / "sleep-traced"
+                )
+                progress.update()
+            for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
+                if key in traced and repeats:
+                    repeats[0][key] = traced[key]
+            blocks["aruntime"] = report.side_block(
+                self.aruntime.version(), self.store.describe(), repeats
+            )
+        if self.peer is not None:
+            blocks[self.peer.name] = {
+                "skipped": self.peer.unavailable()
+                or "skipped: no DBOS adapter for the sleep workload yet (aruntime only)"
+            }
+        rep = self._report(
+            "sleep",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["sleep"],
+        )
+        if "figures" in blocks["aruntime"]:
+            figures = blocks["aruntime"]["figures"]
+            if figures["all_asleep_before_wake"]["min"] < 1:
+                rep["notes"].append(
+                    "in some repeat not every run was asleep before the wake-up: starting "
+                    "overlapped the wake-ups, so lateness includes start work"
+                )
+            rep["config"]["lead_s"] = figures["lead_s"]["median"]
+            rep["notes"].append(
+                "late: wall-clock seconds after the common wake-up time, as each run saw it "
+                "right after aruntime.sleep returned (wake-up) and at the start of its step's "
+                "body; memory as in the scale workload, while every run was asleep"
+            )
+        return rep
+
     def _needs_sqlite(self, why: str) -> str | None:
         """Why aruntime's side is skipped on this store, or None when it can run."""
         reason = self.aruntime.unavailable()
@@ -552,6 +614,9 @@ class Suite:
             figures = report.FIGURES[name]
         elif name == "scale":
             rep = self.scale()
+            figures = report.FIGURES[name]
+        elif name == "sleep":
+            rep = self.sleep()
             figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()

@@ -32,7 +32,7 @@ def _imported_root() -> Path:
     """The directory holding the `aruntime` package this process imported."""
     import aruntime  # noqa: PLC0415 - only to locate it
 
-    return Path(aruntime.__file__).resolve().parent.parent
+    return Path(aruntime.__file__).absolute().parent.parent
 
 
 def child_command(

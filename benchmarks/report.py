@@ -86,6 +86,18 @@ FIGURES: dict[str, list[Figure]] = {
         _f("traced_peak_bytes_per_run", "traced peak bytes/run", better="lower"),
         _f("seconds_to_suspend", "s to suspend all", "{:,.2f}", "lower"),
     ],
+    "sleep": [
+        _f("runs_asleep", "runs asleep at once"),
+        _f("wake_p50_ms", "wake-up late p50 ms", "{:,.2f}", "lower"),
+        _f("wake_p99_ms", "wake-up late p99 ms", "{:,.2f}", "lower"),
+        _f("wake_max_ms", "wake-up late max ms", "{:,.2f}", "lower"),
+        _f("step_p50_ms", "step begun late p50 ms", "{:,.2f}", "lower"),
+        _f("step_p99_ms", "step begun late p99 ms", "{:,.2f}", "lower"),
+        _f("finished_s", "all steps done s", "{:,.3f}", "lower"),
+        _f("rss_bytes_per_run", "RSS bytes/run", better="lower"),
+        _f("traced_bytes_per_run", "traced bytes/run", better="lower"),
+        _f("seconds_to_sleep_all", "s to put all asleep", "{:,.2f}", "lower"),
+    ],
     "recovery": [
         _f("unfinished_at_start", "runs unfinished"),
         _f("steps_completed_before_kill", "steps done at kill"),
@@ -137,6 +149,10 @@ def targets(workload: str, store: str) -> dict[str, tuple[str, float]]:
         found["resumed_s"] = ("<=", 1.0)
         found["violation_count"] = ("<=", 0)
     elif workload == "scale":
+        found["rss_bytes_per_run"] = ("<=", 10_240)
+        found["traced_bytes_per_run"] = ("<=", 10_240)
+    elif workload == "sleep":
+        found["wake_p99_ms"] = ("<=", 20)
         found["rss_bytes_per_run"] = ("<=", 10_240)
         found["traced_bytes_per_run"] = ("<=", 10_240)
     elif workload == "replay":

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import structlog
 
+import aruntime
+
 # `benchmarks/` is a package at the repository root, beside `aruntime/` but not installed
 # with it; pytest puts only `tests/` on the path.
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -24,7 +26,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
-from benchmarks import _dbos_side, report  # noqa: E402
+from benchmarks import _dbos_side, _sleep, report  # noqa: E402
 
 STORES = ["memory", "sqlite"]
 
@@ -171,6 +173,29 @@ def test_recovery_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixtu
     """Recovery needs a durable store: on memory it says so instead of measuring."""
     rep = run(capsys, "recovery", "--store", "memory", "--n", "5", "--repeat", "1")
     assert rep["sides"]["aruntime"]["skipped"].startswith("skipped:")
+
+
+@pytest.mark.skipif(not hasattr(aruntime, "sleep"), reason=_sleep.MISSING)
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_sleep_wakes_every_run_and_measures_its_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Sleep puts every run to sleep at once, wakes them all, and reports lateness and memory."""
+    rep = run(capsys, "sleep", "--store", "sqlite", "--n", "20", "--repeat", "1")
+    assert median(rep, "runs_completed") == 20
+    assert median(rep, "runs_asleep") == 20
+    assert 0 <= median(rep, "wake_p50_ms") <= median(rep, "wake_p99_ms")
+    assert median(rep, "step_p50_ms") >= median(rep, "wake_p50_ms")
+    assert "traced_bytes_per_run" in rep["sides"]["aruntime"]["figures"]
+
+
+def test_sleep_without_durable_sleep_is_skipped_with_a_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where aruntime has no `sleep` yet, the sleep workload says so instead of measuring."""
+    monkeypatch.delattr(aruntime, "sleep", raising=False)
+    rep = run(capsys, "sleep", "--n", "5", "--repeat", "1")
+    assert rep["sides"]["aruntime"] == {"skipped": _sleep.MISSING}
 
 
 @pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
