@@ -4,16 +4,20 @@ Examples (from the repository root)::
 
     python -m benchmarks throughput                       # memory store, 1,000 x 10
     python -m benchmarks throughput --store sqlite --compare dbos --chart tp.png
+    python -m benchmarks throughput --store sqlite --against main   # working tree vs main
     python -m benchmarks latency --store sqlite --chart latency.png
     python -m benchmarks recovery --store sqlite
     python -m benchmarks scale --n 100000
+    python -m benchmarks sleep --store sqlite            # 10,000 runs wake at one instant
     python -m benchmarks replay
     python -m benchmarks floor --store sqlite             # what one durable append costs
     python -m benchmarks all --store sqlite --json
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
 `--compare dbos` the repeats alternate between the systems (aruntime first on even
-repeats, the peer first on odd ones) after one untimed warm-up each.
+repeats, the peer first on odd ones) after one untimed warm-up each. `--against REF`
+alternates the same way between the working tree's aruntime and the package as it was at
+REF, every measurement of both in a fresh process (see `benchmarks._against`).
 """
 
 from __future__ import annotations
@@ -30,14 +34,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _floor, _recovery, _replay, _scale, report
+from benchmarks import _floor, _recovery, _replay, _scale, _sleep, report
+from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
-from benchmarks._harness import Progress, configure_logging, machine, note, spread
+from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
 
-NAMES = ("throughput", "latency", "recovery", "retry", "scale", "replay", "floor")
+NAMES = ("throughput", "latency", "recovery", "retry", "scale", "sleep", "replay", "floor")
 CHARTED = ("throughput", "latency")
+AGAINST = ("throughput", "latency", "retry")
+"""The workloads `--against` runs (the closed-loop ones)."""
 _FLOOR_SAMPLES = 2000
 
 
@@ -59,11 +66,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, help="steps per run")
     parser.add_argument(
-        "--repeat", type=int, help="measurements per system (default 5; 3 for recovery and scale)"
+        "--repeat",
+        type=int,
+        help="measurements per system (default 5; 3 for recovery, scale and sleep)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the replay log model")
     parser.add_argument(
         "--compare", choices=("dbos",), help="also run the workload on this peer, alternating"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run the workload on aruntime as it was at git REF, alternating; both "
+        "sides in fresh processes",
     )
     parser.add_argument(
         "--chart",
@@ -90,6 +105,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.against is not None:
+        if args.compare is not None:
+            parser.error("--against and --compare cannot be combined")
+        if args.workload not in AGAINST:
+            parser.error(f"--against runs only {', '.join(AGAINST)}, not {args.workload}")
     return args
 
 
@@ -108,10 +128,33 @@ class Suite:
         )
         self.command = "python -m benchmarks " + shlex.join(argv)
         self.machine: dict[str, Any] = {}
+        self.against: Checkout | None = None
+        self.isolated: list[IsolatedSide] = []
+        if args.against is not None:
+            self.against = checkout(args.against, workdir)
+            common: dict[str, Any] = {
+                "store": self.store,
+                "workdir": workdir,
+                "warmup": not args.no_warmup,
+                "log_file": args.log_file,
+            }
+            self.isolated = [
+                IsolatedSide("aruntime", "working tree", REPO, version="working tree", **common),
+                IsolatedSide(
+                    "ref",
+                    f"aruntime@{self.against.short}",
+                    self.against.root,
+                    version=self.against.short,
+                    extra={"commit": self.against.commit},
+                    **common,
+                ),
+            ]
 
     # -- shared pieces ---------------------------------------------------------------
 
     def sides(self) -> list[Any]:
+        if self.isolated:
+            return list(self.isolated)
         return [self.aruntime] + ([self.peer] if self.peer is not None else [])
 
     def config(self, workload: Workload | None, repeat: int) -> dict[str, Any]:
@@ -133,6 +176,8 @@ class Suite:
                     "backoff": workload.retry.backoff,
                     "jitter": 0.0,
                 }
+        if self.against is not None:
+            cfg["against"] = self.against.describe()
         cfg.update(
             repeat=repeat,
             seed=self.args.seed,
@@ -174,6 +219,9 @@ class Suite:
     def emit(self, rep: dict[str, Any], figures: list[report.Figure]) -> None:
         if not self.args.json:
             print(report.render_table(rep, figures))
+            line = report.ratio_line(rep, figures)
+            if line:
+                print(line)
             for line in rep.get("notes", []):
                 print(f"  note: {line}")
         print(report.json_line(rep), flush=True)
@@ -192,7 +240,8 @@ class Suite:
         if chart is not None and name == "throughput":
             wanted = {int(x) for x in args.levels.split(",") if x.strip()}
             levels = sorted({c for c in wanted if c <= workload.runs} | {workload.concurrency})
-        if not args.no_warmup:
+        # An isolated side warms up in each of its processes instead.
+        if not args.no_warmup and not self.isolated:
             small = workload.resized(runs=min(workload.runs, 20))
             for side in active:
                 asyncio.run(side.closed_loop(small, None))
@@ -263,7 +312,7 @@ class Suite:
                 f"throughput: {workload.runs:,} runs x {workload.steps} trivial steps per point\n"
                 f"store {store}, {cfg['repeat']} repeats, {cfg['machine']['cores']} cores"
             )
-            problem = report.chart_throughput(points, path, title)
+            problem = report.chart_throughput(self._labelled(points), path, title)
         else:
             samples = {
                 side: [x for r in by[workload.concurrency] for x in r.probe.step_latencies]
@@ -273,13 +322,17 @@ class Suite:
                 f"per-step latency, one run at a time: {workload.runs:,} runs x {workload.steps} "
                 f"steps x {cfg['repeat']} repeats\nstore {store}, {cfg['machine']['cores']} cores"
             )
-            problem = report.chart_latency(samples, path, title)
+            problem = report.chart_latency(self._labelled(samples), path, title)
         if problem is None:
             rep["chart"] = str(path)
             note(f"chart written: {path}")
         else:
             rep["notes"].append(problem)
             note(problem)
+
+    def _labelled(self, by_side: dict[str, Any]) -> dict[str, Any]:
+        labels = {side.name: getattr(side, "label", side.name) for side in self.sides()}
+        return {labels.get(name, name): value for name, value in by_side.items()}
 
     def _report(
         self,
@@ -356,6 +409,67 @@ class Suite:
         )
         if self.store.kind == "memory":
             rep["notes"].append("the memory store keeps every log in memory: counted per run")
+        return rep
+
+    # -- sleep ------------------------------------------------------------------------
+
+    def sleep(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["sleep"].resized(runs=args.n)
+        repeat = args.repeat or workload.default_repeat
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable() or _sleep.unavailable()
+        if reason is not None:
+            blocks["aruntime"] = {"skipped": reason}
+        else:
+            repeats: list[dict[str, float]] = []
+            with self.progress("sleep", repeat + 1) as progress:
+                for r in range(repeat):
+                    repeats.append(
+                        _sleep.measure(
+                            self.store,
+                            workload.runs,
+                            trace=False,
+                            workdir=self.workdir / f"sleep-{r}",
+                        )
+                    )
+                    self.settle()
+                    progress.update()
+                traced = _sleep.measure(
+                    self.store, workload.runs, trace=True, workdir=self.workdir / "sleep-traced"
+                )
+                progress.update()
+            for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
+                if key in traced and repeats:
+                    repeats[0][key] = traced[key]
+            blocks["aruntime"] = report.side_block(
+                self.aruntime.version(), self.store.describe(), repeats
+            )
+        if self.peer is not None:
+            blocks[self.peer.name] = {
+                "skipped": self.peer.unavailable()
+                or "skipped: no DBOS adapter for the sleep workload yet (aruntime only)"
+            }
+        rep = self._report(
+            "sleep",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["sleep"],
+        )
+        if "figures" in blocks["aruntime"]:
+            figures = blocks["aruntime"]["figures"]
+            if figures["all_asleep_before_wake"]["min"] < 1:
+                rep["notes"].append(
+                    "in some repeat not every run was asleep before the wake-up: starting "
+                    "overlapped the wake-ups, so lateness includes start work"
+                )
+            rep["config"]["lead_s"] = figures["lead_s"]["median"]
+            rep["notes"].append(
+                "late: wall-clock seconds after the common wake-up time, as each run saw it "
+                "right after aruntime.sleep returned (wake-up) and at the start of its step's "
+                "body; memory as in the scale workload, while every run was asleep"
+            )
         return rep
 
     def _needs_sqlite(self, why: str) -> str | None:
@@ -501,6 +615,9 @@ class Suite:
         elif name == "scale":
             rep = self.scale()
             figures = report.FIGURES[name]
+        elif name == "sleep":
+            rep = self.sleep()
+            figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()
             figures = report.FIGURES[name]
@@ -522,9 +639,13 @@ def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
         configure_logging(args.log_file)
     names = NAMES if args.workload == "all" else (args.workload,)
     with tempfile.TemporaryDirectory(prefix="aruntime-bench-", dir=args.workdir) as tmp:
-        suite = Suite(args, Path(tmp), raw)
-        for name in names:
-            suite.run(name, many=len(names) > 1)
+        try:
+            suite = Suite(args, Path(tmp), raw)
+            for name in names:
+                suite.run(name, many=len(names) > 1)
+        except AgainstError as exc:
+            note(f"error: {exc}")
+            return 2
     return 0
 
 

@@ -17,6 +17,7 @@ import structlog
 
 __all__ = [
     "Progress",
+    "child_command",
     "configure_logging",
     "machine",
     "percentile",
@@ -25,6 +26,30 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _imported_root() -> Path:
+    """The directory holding the `aruntime` package this process imported."""
+    import aruntime  # noqa: PLC0415 - only to locate it
+
+    return Path(aruntime.__file__).absolute().parent.parent
+
+
+def child_command(
+    module: str, *args: str, aruntime_root: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a measurement in a fresh process.
+
+    The child runs `python -P -m module args...` with `PYTHONPATH` set to `aruntime_root`
+    first (by default, where this process found `aruntime`), then this harness: `-P` keeps
+    the current directory off the path, so the child imports that `aruntime` and this
+    harness whatever directory it starts in or which package is installed.
+    """
+    root = aruntime_root if aruntime_root is not None else _imported_root()
+    inherited = os.environ.get("PYTHONPATH", "")
+    path = [str(root), str(REPO), *(p for p in inherited.split(os.pathsep) if p)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
+    return [sys.executable, "-P", "-m", module, *args], env
 
 
 _STREAMS: dict[str, TextIO] = {}

@@ -40,7 +40,7 @@ from aruntime import EventStore, RunStatus, Runtime, replay  # noqa: E402
 from aruntime.events import Event, StepCompleted, StepStarted  # noqa: E402
 from aruntime.store import RunInfo, open_store  # noqa: E402
 from benchmarks._aruntime_side import StoreSpec, build_workflow  # noqa: E402
-from benchmarks._harness import REPO, Progress, configure_logging  # noqa: E402
+from benchmarks._harness import REPO, Progress, child_command, configure_logging  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Probe, Workload, run_id  # noqa: E402
 
 __all__ = ["measure"]
@@ -161,12 +161,8 @@ def _child(argv: list[str]) -> None:
 
 def _spawn(mode: str, url: str, ledger: Path, workload: Workload) -> subprocess.Popen[str]:
     args = [str(url), str(ledger), str(workload.runs), str(workload.steps), repr(time.time())]
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._recovery", mode, *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    command, env = child_command("benchmarks._recovery", mode, *args)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
 
 
 def _ledger_lines(path: Path) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._aruntime_side import AruntimeSide, ScaleResult, StoreSpec
-from benchmarks._harness import REPO, Progress, configure_logging
+from benchmarks._harness import REPO, Progress, child_command, configure_logging
 from benchmarks.workloads import WORKLOADS
 
 __all__ = ["measure"]
@@ -29,19 +29,19 @@ def measure(
 ) -> ScaleResult:
     """One scale measurement in a fresh process."""
     workdir.mkdir(parents=True, exist_ok=True)
+    command, env = child_command(
+        "benchmarks._scale",
+        side,
+        store.kind,
+        store.synchronous,
+        str(runs),
+        "1" if trace else "0",
+        str(workdir),
+    )
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks._scale",
-            side,
-            store.kind,
-            store.synchronous,
-            str(runs),
-            "1" if trace else "0",
-            str(workdir),
-        ],
+        command,
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,

@@ -2,7 +2,9 @@
 
 Every figure is measured once per repeat; a report gives its median and spread (min, max
 and quartiles) over the repeats. With a peer, the ratio compares the medians, oriented so
-that a ratio above 1 means aruntime is better by that factor.
+that a ratio above 1 means aruntime is better by that factor. With `--against REF` the
+"aruntime" side is the working tree and the peer is the side called "ref": above 1, the
+working tree is better.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "chart_throughput",
     "json_line",
     "loop_figures",
+    "ratio_line",
     "ratios",
     "render_table",
     "scale_figures",
@@ -83,6 +86,18 @@ FIGURES: dict[str, list[Figure]] = {
         _f("traced_peak_bytes_per_run", "traced peak bytes/run", better="lower"),
         _f("seconds_to_suspend", "s to suspend all", "{:,.2f}", "lower"),
     ],
+    "sleep": [
+        _f("runs_asleep", "runs asleep at once"),
+        _f("wake_p50_ms", "wake-up late p50 ms", "{:,.2f}", "lower"),
+        _f("wake_p99_ms", "wake-up late p99 ms", "{:,.2f}", "lower"),
+        _f("wake_max_ms", "wake-up late max ms", "{:,.2f}", "lower"),
+        _f("step_p50_ms", "step begun late p50 ms", "{:,.2f}", "lower"),
+        _f("step_p99_ms", "step begun late p99 ms", "{:,.2f}", "lower"),
+        _f("finished_s", "all steps done s", "{:,.3f}", "lower"),
+        _f("rss_bytes_per_run", "RSS bytes/run", better="lower"),
+        _f("traced_bytes_per_run", "traced bytes/run", better="lower"),
+        _f("seconds_to_sleep_all", "s to put all asleep", "{:,.2f}", "lower"),
+    ],
     "recovery": [
         _f("unfinished_at_start", "runs unfinished"),
         _f("steps_completed_before_kill", "steps done at kill"),
@@ -134,6 +149,10 @@ def targets(workload: str, store: str) -> dict[str, tuple[str, float]]:
         found["resumed_s"] = ("<=", 1.0)
         found["violation_count"] = ("<=", 0)
     elif workload == "scale":
+        found["rss_bytes_per_run"] = ("<=", 10_240)
+        found["traced_bytes_per_run"] = ("<=", 10_240)
+    elif workload == "sleep":
+        found["wake_p99_ms"] = ("<=", 20)
         found["rss_bytes_per_run"] = ("<=", 10_240)
         found["traced_bytes_per_run"] = ("<=", 10_240)
     elif workload == "replay":
@@ -265,6 +284,37 @@ def json_line(report: dict[str, Any]) -> str:
     return json.dumps(report, separators=(",", ":"), default=str)
 
 
+def _ratio_text(value: float) -> str:
+    return f"{value:,.2f}x" if value < 10 else f"{value:,.1f}x"
+
+
+def _label(sides: dict[str, dict[str, Any]], name: str) -> str:
+    return str(sides[name].get("label", name))
+
+
+def ratio_line(report: dict[str, Any], figures: list[Figure]) -> str | None:
+    """One line per peer with every ratio of the report, or None when there is none."""
+    ratio: dict[str, float] = report.get("ratio") or {}
+    sides: dict[str, dict[str, Any]] = report["sides"]
+    if not ratio or "aruntime" not in sides:
+        return None
+    ours = _label(sides, "aruntime")
+    lines: list[str] = []
+    for name in sides:
+        parts = [
+            f"{fig.label} {_ratio_text(ratio[key])}"
+            for fig in figures
+            if (key := f"{fig.key}_vs_{name}") in ratio
+        ]
+        if parts:
+            theirs = _label(sides, name)
+            lines.append(
+                f"  ratio {ours} / {theirs} (above 1: {ours} is better by that factor): "
+                + ", ".join(parts)
+            )
+    return "\n".join(lines) or None
+
+
 def _cell(fig: Figure, block: dict[str, Any]) -> str:
     if "skipped" in block:
         return str(block["skipped"])
@@ -292,7 +342,7 @@ def render_table(report: dict[str, Any], figures: list[Figure]) -> str:
     names = list(sides)
     ratio = report.get("ratio", {})
     tgt = report.get("targets", {})
-    rows: list[list[str]] = [["figure", *names]]
+    rows: list[list[str]] = [["figure", *(_label(sides, n) for n in names)]]
     if ratio:
         rows[0].append("ratio")
     rows[0].append("target")
@@ -302,7 +352,7 @@ def render_table(report: dict[str, Any], figures: list[Figure]) -> str:
         row = [fig.label, *(_cell(fig, sides[n]) for n in names)]
         if ratio:
             found = [v for k, v in ratio.items() if k.startswith(fig.key + "_vs_")]
-            row.append(f"{found[0]:,.1f}x" if found else "")
+            row.append(_ratio_text(found[0]) if found else "")
         t = tgt.get(fig.key)
         row.append(
             ""

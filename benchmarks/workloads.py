@@ -172,6 +172,17 @@ WORKLOADS: dict[str, Workload] = {
             retry=RetrySpec(max_attempts=2, initial_delay=3_600.0, backoff=1.0),
             default_repeat=3,
         ),
+        Workload(
+            name="sleep",
+            description=(
+                "N runs sleep (aruntime.sleep_until) until one instant a few seconds after all "
+                "started, then run one trivial step each"
+            ),
+            runs=10_000,
+            steps=1,
+            concurrency=10_000,
+            default_repeat=3,
+        ),
     )
 }
 """Every closed-loop workload by name; `replay` is separate (`ReplaySpec`)."""

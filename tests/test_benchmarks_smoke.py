@@ -7,6 +7,8 @@ never check a speed (the targets are the benchmark's business, not the tests').
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 import structlog
 
+import aruntime
+
 # `benchmarks/` is a package at the repository root, beside `aruntime/` but not installed
 # with it; pytest puts only `tests/` on the path.
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -22,9 +26,43 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
-from benchmarks import _dbos_side, report  # noqa: E402
+from benchmarks import _dbos_side, _sleep, report  # noqa: E402
 
 STORES = ["memory", "sqlite"]
+
+
+def _git_head() -> str | None:
+    """HEAD's full hash when git works here and HEAD holds `aruntime/`, else None."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        tree = subprocess.run(
+            ["git", "ls-tree", "HEAD", "aruntime"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 or tree.returncode != 0 or not tree.stdout.strip():
+        return None
+    return out.stdout.strip() or None
+
+
+_HEAD = _git_head()
+needs_history = pytest.mark.skipif(
+    _HEAD is None, reason="git or a commit holding aruntime/ is not available"
+)
 
 
 def _sqlite_available() -> bool:
@@ -137,6 +175,29 @@ def test_recovery_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixtu
     assert rep["sides"]["aruntime"]["skipped"].startswith("skipped:")
 
 
+@pytest.mark.skipif(not hasattr(aruntime, "sleep"), reason=_sleep.MISSING)
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_sleep_wakes_every_run_and_measures_its_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Sleep puts every run to sleep at once, wakes them all, and reports lateness and memory."""
+    rep = run(capsys, "sleep", "--store", "sqlite", "--n", "20", "--repeat", "1")
+    assert median(rep, "runs_completed") == 20
+    assert median(rep, "runs_asleep") == 20
+    assert 0 <= median(rep, "wake_p50_ms") <= median(rep, "wake_p99_ms")
+    assert median(rep, "step_p50_ms") >= median(rep, "wake_p50_ms")
+    assert "traced_bytes_per_run" in rep["sides"]["aruntime"]["figures"]
+
+
+def test_sleep_without_durable_sleep_is_skipped_with_a_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where aruntime has no `sleep` yet, the sleep workload says so instead of measuring."""
+    monkeypatch.delattr(aruntime, "sleep", raising=False)
+    rep = run(capsys, "sleep", "--n", "5", "--repeat", "1")
+    assert rep["sides"]["aruntime"] == {"skipped": _sleep.MISSING}
+
+
 @pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
 def test_floor_measures_the_parts_of_a_durable_append(capsys: pytest.CaptureFixture[str]) -> None:
     """Floor reports commit, hand-off and append medians, and the step floor they imply."""
@@ -225,3 +286,41 @@ def test_table_shows_median_and_spread() -> None:
     table = report.render_table(rep, report.FIGURES["throughput"])
     assert "2 [1 .. 3]" in table
     assert "skipped: dbos not installed" in table
+
+
+@needs_history
+def test_against_runs_both_sides_and_prints_the_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    """--against HEAD measures the working tree and HEAD's package, and prints their ratio."""
+    argv = ["throughput", "--n", "5", "--steps", "2", "--repeat", "2", "--against", "HEAD"]
+    assert cli.main([*argv, "--no-progress", "--no-warmup"], configure=False) == 0
+    out = capsys.readouterr().out
+    short = (_HEAD or "")[:7]
+    assert f"ratio working tree / aruntime@{short}" in out
+    rep = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert rep["config"]["against"]["commit"] == _HEAD
+    assert rep["sides"]["ref"]["commit"] == _HEAD
+    for side in ("aruntime", "ref"):
+        assert rep["sides"][side]["repeats"] == 2
+        assert median(rep, "events", side) == 5 * 6
+        assert median(rep, "wrong_results", side) == 0
+    assert rep["ratio"]["steps_per_s_vs_ref"] > 0
+
+
+@needs_history
+def test_against_an_unknown_ref_fails_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    """A ref that names no commit stops the invocation with a message and exit status 2."""
+    argv = ["throughput", "--n", "2", "--repeat", "1", "--against", "no-such-ref-anywhere"]
+    assert cli.main([*argv, "--no-progress"], configure=False) == 2
+    assert "no-such-ref-anywhere: no such commit" in capsys.readouterr().err
+
+
+def test_against_refuses_workloads_it_cannot_alternate(capsys: pytest.CaptureFixture[str]) -> None:
+    """--against runs the closed-loop workloads only, and never together with --compare."""
+    for argv in (
+        ["scale", "--against", "HEAD"],
+        ["throughput", "--against", "HEAD", "--compare", "dbos"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.parse_args(argv)
+        assert exited.value.code == 2
+    assert "--against" in capsys.readouterr().err
