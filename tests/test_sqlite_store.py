@@ -208,13 +208,13 @@ async def test_corrupt_event_payload_names_run_and_sequence(path: Path) -> None:
 
 
 async def test_mistyped_event_field_is_corrupt(path: Path) -> None:
-    """A payload whose field has the wrong JSON type raises StoreCorruptError."""
+    """A payload whose field has the wrong JSON type raises StoreCorruptError, checksum or not."""
     async with SqliteStore(path) as store:
         await store.append("r", log("r", 2), 0)
         with raw(path) as conn:
             conn.execute(
-                'UPDATE events SET data = \'{"position":1,"step":"s","attempt":"1"}\' '
-                "WHERE sequence = 2"
+                'UPDATE events SET data = \'{"position":1,"step":"s","attempt":"1"}\', '
+                "checksum = NULL WHERE sequence = 2"
             )
         with pytest.raises(StoreCorruptError, match="'attempt'"):
             await store.events_for("r")
@@ -225,7 +225,9 @@ async def test_unknown_event_type_is_corrupt(path: Path) -> None:
     async with SqliteStore(path) as store:
         await store.append("r", log("r", 2), 0)
         with raw(path) as conn:
-            conn.execute("UPDATE events SET type = 'StepTeleported' WHERE sequence = 2")
+            conn.execute(
+                "UPDATE events SET type = 'StepTeleported', checksum = NULL WHERE sequence = 2"
+            )
         with pytest.raises(StoreCorruptError, match="StepTeleported"):
             await store.events_for("r")
 

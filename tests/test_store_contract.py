@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
+import msgspec
 import pytest
 
-from aruntime.errors import ConcurrencyError, CorruptLogError, RunNotFoundError
+from aruntime.errors import ConcurrencyError, CorruptLogError, RunNotFoundError, StoreCorruptError
 from aruntime.events import (
     Event,
     RunCompleted,
@@ -17,7 +19,8 @@ from aruntime.events import (
     StepStarted,
 )
 from aruntime.state import RunStatus
-from aruntime.store import EventStore
+from aruntime.store import EventStore, MemoryStore
+from aruntime.store.sqlite import SqliteStore
 
 
 def started(run_id: str, at: float = 1.0, workflow: str = "flow") -> RunStarted:
@@ -60,6 +63,29 @@ def every_event_type(run_id: str) -> list[Event]:
         ),
         RunCompleted(sequence=8, at=8.0, result="null"),
     ]
+
+
+def change_behind_the_stores_back(
+    store: EventStore, run_id: str, sequence: int, old: str, new: str
+) -> None:
+    """Change the text `old` to `new` inside a stored event, as damage would, unseen by
+    the store: a field of the kept object in memory, the row's JSON text in SQLite."""
+    if isinstance(store, MemoryStore):
+        event = store._rows[run_id].log[sequence - 1]
+        field = next(f for f in event.__struct_fields__ if getattr(event, f) == old)
+        msgspec.structs.force_setattr(event, field, new)
+    elif isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path, isolation_level=None, timeout=5)
+        try:
+            changed = conn.execute(
+                "UPDATE events SET data = replace(data, ?, ?) WHERE run_id = ? AND sequence = ?",
+                (old, new, run_id, sequence),
+            )
+            assert changed.rowcount == 1
+        finally:
+            conn.close()
+    else:
+        raise AssertionError(f"no way to damage a {type(store).__name__}")
 
 
 async def new_run(store: EventStore, run_id: str, steps: int = 0, at: float = 1.0) -> None:
@@ -343,3 +369,16 @@ async def test_large_payload_round_trips(store: EventStore) -> None:
     completed = StepCompleted(sequence=3, at=3.0, position=1, step="s", attempt=1, result=result)
     await store.append("r", [completed], 2)
     assert (await store.events_for("r", after=2)) == [completed]
+
+
+async def test_event_changed_after_append_is_corrupt_on_read(store: EventStore) -> None:
+    """A stored event that changed after its append raises StoreCorruptError naming the run
+    and the sequence; the events after it still read."""
+    await new_run(store, "r", steps=1)
+    completed = StepCompleted(sequence=3, at=3.0, position=1, step="s", attempt=1, result="1234")
+    await store.append("r", [completed, step(4, position=2)], 2)
+    change_behind_the_stores_back(store, "r", 3, "1234", "9234")
+    with pytest.raises(StoreCorruptError, match="event 3 is damaged") as caught:
+        await store.events_for("r")
+    assert caught.value.run_id == "r"
+    assert await store.events_for("r", after=3) == [step(4, position=2)]

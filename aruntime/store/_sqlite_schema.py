@@ -2,12 +2,12 @@
 
 Everything here runs on the store's own threads, never on the event loop.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta   (key PRIMARY KEY, value)             application name and schema version
     runs   (id INTEGER PRIMARY KEY, run_id UNIQUE, workflow, status, version,
             created_at, updated_at, parked_reason)
-    events (id INTEGER PRIMARY KEY, run_id, sequence, type, at, data)
+    events (id INTEGER PRIMARY KEY, run_id, sequence, type, at, data, checksum)
             UNIQUE (run_id, sequence)
 
 `runs` is the index of runs, written in the same transaction as the events it summarises
@@ -17,11 +17,14 @@ run: a batch of appends to a thousand runs then adds rows at the end of one b-tr
 touches a thousand small index entries, instead of a thousand scattered table pages,
 which halves what every commit writes to the WAL. The unique index is the last line of
 defence against two writers numbering the same event: whatever the writer's own
-bookkeeping says, SQLite refuses the second row.
+bookkeeping says, SQLite refuses the second row. `checksum` (version 2) is the CRC-32 of
+the rest of the row, checked on every read (see `aruntime.store._rows`); rows written at
+version 1 have none (NULL) and read as they always did.
 
 A file records its schema version in `meta`. Opening a file of an older version for
 writing migrates it in one transaction; a newer version raises `StoreVersionError` and
-leaves the file untouched.
+leaves the file untouched. A read-only store cannot migrate, so it reads a version-1 file
+through a temporary view that gives its events a NULL checksum.
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE UNIQUE INDEX events_by_run ON events (run_id, sequence)",
     ),
+    # 1 -> 2: a checksum in every event row; rows written before it keep NULL. Adding a
+    # nullable column rewrites no row, so the migration is instant on any file.
+    ("ALTER TABLE events ADD COLUMN checksum INTEGER",),
 )
 """`_MIGRATIONS[v]` takes a file from schema version `v` to `v + 1`."""
 
@@ -144,7 +150,7 @@ class BulkStatement:
 
 
 INSERT_EVENTS = BulkStatement(
-    "INSERT INTO events (run_id, sequence, type, at, data) VALUES {values}", 5
+    "INSERT INTO events (run_id, sequence, type, at, data, checksum) VALUES {values}", 6
 )
 INSERT_RUNS = BulkStatement(
     "INSERT INTO runs (run_id, workflow, status, version, created_at, updated_at) VALUES {values}",
@@ -176,9 +182,13 @@ def stored_version(conn: sqlite3.Connection, run_id: str) -> int:
 
 
 def read_events(conn: sqlite3.Connection, path: Path, run_id: str, after: int) -> list[Event]:
-    """The run's events after sequence `after`, in order."""
+    """The run's events after sequence `after`, in order, each checked against its checksum.
+
+    Raises:
+        StoreCorruptError: a row changed after it was written, or is not an event.
+    """
     rows = conn.execute(
-        "SELECT sequence, type, at, data FROM events WHERE run_id = ? AND sequence > ? "
+        "SELECT sequence, type, at, data, checksum FROM events WHERE run_id = ? AND sequence > ? "
         "ORDER BY sequence",
         (run_id, after),
     ).fetchall()
@@ -314,17 +324,31 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
     return found
 
 
+_READ_AS_CURRENT: dict[int, tuple[str, ...]] = {
+    # A temporary object shadows the file's own of the same name for this connection only,
+    # so the queries above read a version-1 file unchanged, and nothing is written to it.
+    1: (
+        "CREATE TEMP VIEW events AS SELECT id, run_id, sequence, type, at, data, "
+        "NULL AS checksum FROM main.events",
+    ),
+}
+"""For each older version a read-only connection can read: how it reads it as current."""
+
+
 def check_readable(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a file that a read-only store cannot interpret.
+    """Refuse a file that a read-only store cannot interpret; adapt `conn` to an older one.
 
     Raises:
         StoreCorruptError: the file holds no aruntime store.
-        StoreVersionError: the file's schema is not the one this aruntime reads.
+        StoreVersionError: the file's schema is not one this aruntime reads.
     """
     found = schema_version(conn, path)
     if found == 0:
         raise StoreCorruptError(f"{path} holds no aruntime store (it has no tables)")
-    if found != SCHEMA_VERSION:
+    if found in _READ_AS_CURRENT:
+        for statement in _READ_AS_CURRENT[found]:
+            conn.execute(statement)
+    elif found != SCHEMA_VERSION:
         newer = (
             "a newer aruntime; upgrade aruntime"
             if found > SCHEMA_VERSION
