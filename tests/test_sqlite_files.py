@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from unprivileged import beside, read_only, run
 
+from aruntime.errors import StoreReadOnlyError
 from aruntime.events import RunStarted
 from aruntime.store import _sqlite_files, _sqlite_schema
 from aruntime.store.sqlite import SqliteConfig, SqliteStore
@@ -203,5 +206,15 @@ def test_reader_never_falls_back_to_immutable_over_a_wal(
     copy = _snapshot_with_wal(path, tmp_path / "copy", shm=False)
     assert not _sqlite_files.immutable_allowed(copy)
     monkeypatch.setattr(_sqlite_files, "_writable", lambda _: False)
-    with pytest.raises(Exception, match="holds commits"):
+    with pytest.raises(StoreReadOnlyError, match="holds commits"):
         _sqlite_files.reader_mode(copy)
+
+
+def test_writer_on_a_read_only_mount_says_so(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a read-only mount the error says so, rather than quoting a writable mode."""
+    monkeypatch.setattr(_sqlite_files, "_writable", lambda _: False)
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(
+        StoreReadOnlyError, match=r"runs\.db cannot be written \(it is on a read-only mount\)"
+    ):
+        _sqlite_files.check_writable(path)

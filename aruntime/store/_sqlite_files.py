@@ -44,20 +44,21 @@ def check_writable(path: Path) -> None:
     wal, shm = sidecar(path, "-wal"), sidecar(path, "-shm")
     if path.exists() and not _writable(path):
         raise StoreReadOnlyError(
-            f"{path} cannot be written ({_mode(path)}); make it writable, or open the store "
+            f"{path} cannot be written ({_why(path)}); make it writable, or open the store "
             "with read_only=True to inspect it"
         )
     for beside in (wal, shm):
         if beside.exists() and not _writable(beside):
             raise StoreReadOnlyError(
-                f"{beside} cannot be written ({_mode(beside)}), so neither can {path.name}; "
+                f"{beside} cannot be written ({_why(beside)}), so neither can {path.name}; "
                 "it was left by a process that could not write the database: when no process "
                 "has the database open, delete it or make it writable"
             )
     missing = [p.name for p in (path, wal, shm, sidecar(path, ".lock")) if not p.exists()]
     if missing and not _writable(path.parent):
         raise StoreReadOnlyError(
-            f"the directory {path.parent} cannot be written, and the store needs to create "
+            f"the directory {path.parent} cannot be written ({_why(path.parent)}), and the "
+            "store needs to create "
             f"{', '.join(missing)} in it; make it writable, or open the store with "
             "read_only=True to inspect the database"
         )
@@ -109,5 +110,7 @@ def _writable(path: Path) -> bool:
     return os.access(path, flags, effective_ids=os.access in os.supports_effective_ids)
 
 
-def _mode(path: Path) -> str:
+def _why(path: Path) -> str:
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return "it is on a read-only mount"
     return f"mode {stat.S_IMODE(path.stat().st_mode):04o}"
