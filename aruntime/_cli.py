@@ -4,11 +4,17 @@
     aruntime runs list [--status running|completed|failed|parked] [--db PATH] [--json]
     aruntime runs show RUN_ID [--db PATH] [--json]
 
+The `runs` commands read the database that `--db` names, or else `$ARUNTIME_DB`; there is
+no default, so that they never read some other file than the one meant. They only read:
+a read-only file, directory or mount is fine. The demo makes its own file
+(`aruntime-demo.db` unless `--db` says otherwise) and ignores `ARUNTIME_DB`, since it
+starts that file afresh.
+
 The command is an application, so it is where structlog gets configured (the library never
 does): warnings and errors go to stderr, `--verbose` adds the info events.
 
-Exit codes: 0 success; 1 a demo check failed, or no such run; 2 bad usage, or no usable
-database at `--db`.
+Exit codes: 0 success; 1 a demo check failed, or no such run; 2 bad usage, no database
+named, or no usable database at the one named.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from aruntime.store import EventStore, RunInfo
 __all__ = ["configure_logging", "main", "run"]
 
 DEFAULT_DB = Path("aruntime-demo.db")
+"""The demo's database, made afresh by each demo; the `runs` commands have no default."""
+DB_VARIABLE = "ARUNTIME_DB"
+"""The environment variable that names the database of the `runs` commands."""
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _STATUSES = ("running", "completed", "failed", "parked")
@@ -108,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     demo.set_defaults(handler=_demo)
 
-    runs = commands.add_parser("runs", help="inspect the runs in a database")
+    runs = commands.add_parser(
+        "runs",
+        help=f"inspect the runs in a database (--db or ${DB_VARIABLE}; read-only)",
+        description=f"Inspect the runs in a database, read-only. The database is --db, or "
+        f"else the environment variable {DB_VARIABLE}; there is no default.",
+    )
     runs_commands = runs.add_subparsers(required=True, metavar="COMMAND")
     listing = runs_commands.add_parser("list", parents=[common], help="list runs")
     listing.add_argument("--status", choices=_STATUSES, help="only runs in this state")
@@ -117,9 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (listing, show):
         sub.add_argument(
             "--db",
-            type=_database,
-            default=DEFAULT_DB,
-            help=f"a file, or a URL sqlite:///path.db ({DEFAULT_DB})",
+            metavar="PATH",
+            help=f"a file, or a URL sqlite:///path.db (default: ${DB_VARIABLE}; none if unset)",
         )
         sub.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_runs_list)
@@ -137,16 +150,32 @@ def _positive(text: str) -> int:
     return value
 
 
-def _database(text: str) -> Path:
-    """A --db value: a file's path, or the store URL (`sqlite:///runs.db`) the API takes."""
+def _database(given: str | None) -> tuple[Path, str]:
+    """The `runs` commands' database, `--db` or else `$ARUNTIME_DB`, and which of the two.
+
+    Either is a file's path or the store URL (`sqlite:///runs.db`) the API takes.
+
+    Raises:
+        ConfigError: neither names a database, or the URL is not an SQLite one.
+    """
+    if given is not None:
+        text, source = given, "--db"
+    else:
+        text, source = os.environ.get(DB_VARIABLE, ""), f"${DB_VARIABLE}"
+    if not text:
+        empty = f" ({source} is empty)" if given is not None or DB_VARIABLE in os.environ else ""
+        raise ConfigError(
+            f"no database given{empty}: pass --db PATH (a file or sqlite:///path.db), or set "
+            f"{DB_VARIABLE}"
+        )
     if "://" not in text:
-        return Path(text)
+        return Path(text), source
     from aruntime.store.sqlite import SqliteStore  # noqa: PLC0415 - loads sqlite3 on use
 
     try:
-        return SqliteStore.from_url(text).path
+        return SqliteStore.from_url(text).path, source
     except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _error(message: str) -> None:
@@ -179,22 +208,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    return _with_store(args.db, _list, args)
+    return _with_store(_list, args)
 
 
 def _runs_show(args: argparse.Namespace) -> int:
-    return _with_store(args.db, _show, args)
+    return _with_store(_show, args)
 
 
 _Command = Callable[[EventStore, argparse.Namespace], Awaitable[int]]
 
 
-def _with_store(path: Path, command: _Command, args: argparse.Namespace) -> int:
+def _with_store(command: _Command, args: argparse.Namespace) -> int:
+    try:
+        path, source = _database(args.db)
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    args.db = path
+    named = "" if source == "--db" else f" (named by {source})"
     if path.is_dir():
-        _error(f"{path} is a directory; --db takes a database file")
+        _error(f"{path}{named} is a directory; a database is a file")
         return EXIT_USAGE
     if not path.is_file():
-        _error(f"no database at {path} (run `aruntime demo` to make one, or pass --db PATH)")
+        _error(f"no database at {path}{named}")
         return EXIT_USAGE
     return asyncio.run(_read_only(path, command, args))
 

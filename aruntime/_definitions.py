@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from aruntime import _context
@@ -22,8 +24,54 @@ DEFAULT_RETRY = RetryPolicy()
 _REGISTRY: dict[str, Workflow[..., Any]] = {}
 
 
-def _default_name(fn: Callable[..., Any]) -> str:
-    return f"{fn.__module__}.{fn.__qualname__}"
+def _module_name(module: str) -> str:
+    """`module`, with `__main__` replaced by the name the module has when imported.
+
+    A file run as a script or with `-m` is the module `__main__`, and the same file imported
+    by a worker is `jobs`: names must not depend on which, or a worker refuses the runs
+    that the script started. `python -m pkg.jobs` gives `pkg.jobs` (the spec's name);
+    `python jobs.py` gives `jobs`, the file's stem. A package's `__main__.py` is
+    `pkg.__main__` however it was started (`python -m pkg`, `python pkg`,
+    `python pkg/__main__.py`), which is also what `import pkg.__main__` records.
+    """
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    spec_name = getattr(spec, "name", None)
+    if isinstance(spec_name, str) and spec_name != "__main__":
+        return spec_name
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str):
+        return module  # an interactive session or `python -c`: there is no other name
+    path = Path(file).absolute()
+    if path.stem != "__main__":
+        return path.stem
+    # `python pkg` or `python pkg/__main__.py`: the dotted name of the enclosing packages.
+    folder = path.parent
+    parts = [path.stem, folder.name]
+    while folder.parent != folder and (folder.parent / "__init__.py").is_file():
+        folder = folder.parent
+        parts.append(folder.name)
+    return ".".join(reversed(parts))
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    """Where `fn` was defined, as `module.qualname`, however its module was started; the
+    default workflow name, and what tells two functions apart."""
+    return f"{_module_name(fn.__module__)}.{fn.__qualname__}"
+
+
+def _register(wf: Workflow[..., Any]) -> None:
+    """Register `wf`; a different function under a name already taken is an error."""
+    earlier = _REGISTRY.get(wf.name)
+    if earlier is not None and _origin(earlier.fn) != _origin(wf.fn):
+        raise ConfigError(
+            f"workflow name {wf.name!r} is taken by {_origin(earlier.fn)}, so "
+            f"{_origin(wf.fn)} cannot be registered under it; give one of them another "
+            "name with @workflow(name=...)"
+        )
+    _REGISTRY[wf.name] = wf
 
 
 def _check_coroutine_function(fn: object, what: str) -> None:
@@ -170,14 +218,21 @@ def workflow(
     """Declare and register a workflow: `@workflow` or `@workflow(name="checkout")`.
 
     The name is what the log records, so that a runtime in a later process can find the
-    code again; it defaults to `module.qualname`. Declaring a workflow again under the same
-    name replaces the earlier declaration.
+    code again; it defaults to `module.qualname`, with the module's importable name even
+    when it ran as `__main__` (`python jobs.py` records `jobs.nightly`, as does a worker
+    that imports `jobs`).
+
+    Raises:
+        ConfigError: another function (another module or qualified name) is registered
+            under the name already. The same function declared again (its module reloaded,
+            its file both run and imported, a nested declaration run twice) replaces the
+            earlier declaration.
     """
 
     def decorate(f: Callable[P, Awaitable[R]]) -> Workflow[P, R]:
         _check_coroutine_function(f, "workflow")
-        wf = Workflow(f, name=_check_name(name, "workflow") if name else _default_name(f))
-        _REGISTRY[wf.name] = wf
+        wf = Workflow(f, name=_check_name(name, "workflow") if name is not None else _origin(f))
+        _register(wf)
         return wf
 
     return decorate(fn) if fn is not None else decorate
@@ -191,6 +246,7 @@ def sequence(
     The run's argument (if any) goes to the first step. Plain `async def` functions are
     made steps with the default retry policy.
     """
+    _check_name(name, "workflow")
     chain = tuple(s if isinstance(s, Step) else step(s) for s in steps)
     if not chain:
         raise ConfigError(f"sequence {name!r} needs at least one step")
@@ -201,7 +257,9 @@ def sequence(
         return value
 
     run_sequence.__qualname__ = name
-    return workflow(name=_check_name(name, "workflow"))(run_sequence)
+    # Its origin is the caller's module, so that two modules' sequences of one name clash.
+    run_sequence.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
+    return workflow(name=name)(run_sequence)
 
 
 def registered_workflows() -> dict[str, Workflow[..., Any]]:

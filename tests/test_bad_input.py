@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from aruntime import (
     workflow,
 )
 from aruntime.events import StepFailed
+from aruntime.store import open_store
+from aruntime.store.sqlite import SqliteStore
 from aruntime.testing import FakeClock
 
 bodies: list[str] = []
@@ -223,3 +226,48 @@ def test_unknown_store_url_raises_config_error(url: str) -> None:
     """A store URL with an unknown or missing scheme is refused by the constructor."""
     with pytest.raises(ConfigError):
         Runtime(url)
+
+
+def _named_stores(message: str) -> str:
+    return message.rpartition("the stores are ")[2].rstrip(")")
+
+
+def test_bare_path_as_store_url_is_told_its_sqlite_url() -> None:
+    """`Runtime("runs.db")` suggests `sqlite:///runs.db` and lists only stores that exist."""
+    with pytest.raises(ConfigError) as caught:
+        Runtime("runs.db")
+    message = str(caught.value)
+    assert "sqlite:///runs.db" in message
+    assert _named_stores(message) == "memory:// and sqlite:///path.db"
+    assert "postgresql" not in message
+
+
+def test_suggested_url_of_an_absolute_path_names_that_file(tmp_path: Path) -> None:
+    """The URL suggested for an absolute path (spaces and all) opens that very file."""
+    path = tmp_path / "my runs.db"
+    with pytest.raises(ConfigError) as caught:
+        open_store(str(path))
+    suggested = str(caught.value).split(" write ")[1].split()[0]
+    store = open_store(suggested)
+    assert isinstance(store, SqliteStore)
+    assert store.path == path
+
+
+def test_path_object_as_store_url_is_told_its_sqlite_url() -> None:
+    """A `Path` is not a URL; the error gives the URL to write instead."""
+    with pytest.raises(ConfigError, match=r"sqlite:///data/runs\.db"):
+        open_store(Path("data/runs.db"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["postgresql://localhost/runs", "redis://x"])
+def test_unknown_scheme_lists_only_the_stores_that_exist(url: str) -> None:
+    """An unknown scheme is refused by a ConfigError that names the existing stores only."""
+    with pytest.raises(ConfigError) as caught:
+        open_store(url)
+    assert _named_stores(str(caught.value)) == "memory:// and sqlite:///path.db"
+
+
+def test_empty_store_url_lists_the_stores() -> None:
+    """An empty URL names the stores that exist."""
+    with pytest.raises(ConfigError, match="empty; the stores are memory://"):
+        open_store("")

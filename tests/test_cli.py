@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import unprivileged
+from unprivileged import beside, read_only
 
 from aruntime import NonRetryableError, RetryPolicy, Runtime, step, workflow
-from aruntime._cli import run
+from aruntime._cli import DB_VARIABLE, DEFAULT_DB, _parser, run
 from aruntime.events import RunStarted, StepStarted
 from aruntime.store.sqlite import SqliteStore
 
@@ -263,3 +266,123 @@ def test_python_dash_m_aruntime_runs_the_command(db: Path) -> None:
         check=False,
     )
     assert unknown.returncode == 1
+
+
+# -- which database: --db, $ARUNTIME_DB, never a default -----------------------------------
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "greeting"]], ids=["list", "show"])
+def test_without_db_or_aruntime_db_exits_2_saying_what_is_missing(
+    db: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    """No database named is exit 2 and a message on stderr; the demo's file is not read."""
+    monkeypatch.delenv(DB_VARIABLE, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(db, tmp_path / DEFAULT_DB)  # a demo database, where the old default looked
+    code, out, err = cli(capsys, "runs", *command)
+    assert (code, out) == (2, "")
+    assert "no database given" in err
+    assert "--db" in err
+    assert DB_VARIABLE in err
+
+
+def test_aruntime_db_names_the_database(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --db, the commands read the database that ARUNTIME_DB names."""
+    monkeypatch.setenv(DB_VARIABLE, str(db))
+    code, out, _ = cli(capsys, "runs", "show", "greeting")
+    assert code == 0
+    assert "status    completed" in out
+
+
+def test_db_option_wins_over_aruntime_db(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--db` is used even when ARUNTIME_DB names another file."""
+    monkeypatch.setenv(DB_VARIABLE, str(tmp_path / "other.db"))
+    code, out, _ = cli(capsys, "runs", "list", "--db", db)
+    assert code == 0
+    assert "greeting" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("none.db", "no database at none.db (named by $ARUNTIME_DB)"),
+        ("", "no database given ($ARUNTIME_DB is empty)"),
+        ("sqlite://none.db", "$ARUNTIME_DB: 'sqlite://none.db' is not an SQLite store URL"),
+    ],
+    ids=["missing", "empty", "bad-url"],
+)
+def test_a_bad_aruntime_db_exits_2_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    expected: str,
+) -> None:
+    """A database named by ARUNTIME_DB that cannot be used is reported as ARUNTIME_DB's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DB_VARIABLE, value)
+    code, _, err = cli(capsys, "runs", "list")
+    assert code == 2
+    assert expected in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_documents_aruntime_db(capsys: pytest.CaptureFixture[str]) -> None:
+    """`runs list --help` says where the database comes from without --db."""
+    with pytest.raises(SystemExit) as exited:
+        run(["runs", "list", "--help"])
+    assert exited.value.code == 0
+    assert f"${DB_VARIABLE}" in capsys.readouterr().out
+
+
+def test_demo_keeps_its_own_default_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo, which starts its file afresh, never takes ARUNTIME_DB's database."""
+    monkeypatch.setenv(DB_VARIABLE, "precious.db")
+    assert _parser().parse_args(["demo"]).db == DEFAULT_DB
+
+
+# -- read-only files, directories and mounts -----------------------------------------------
+
+
+@pytest.fixture
+def copy(db: Path, tmp_path: Path) -> Path:
+    """A copy of the module's database, alone in a directory of its own."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(db, folder / "runs.db")
+    return folder / "runs.db"
+
+
+def test_runs_list_reads_a_database_in_a_read_only_directory(copy: Path) -> None:
+    """A 0444 file in a 0555 directory (as on a read-only mount) is listed."""
+    with read_only(copy.parent, copy):
+        listed = unprivileged.run(["-m", "aruntime", "runs", "list"], ARUNTIME_DB=str(copy))
+    assert listed.returncode == 0, listed.stderr
+    assert "greeting" in listed.stdout
+    assert beside(copy) == ["runs.db"]
+
+
+def test_runs_show_of_a_read_only_file_leaves_nothing_beside_it(copy: Path) -> None:
+    """Reading a 0444 file in a writable directory makes no -wal or -shm file."""
+    with read_only(copy):
+        shown = unprivileged.run(["-m", "aruntime", "runs", "show", "payment", "--db", copy])
+    assert shown.returncode == 0, shown.stderr
+    assert "status    failed" in shown.stdout
+    assert beside(copy) == ["runs.db"]
+
+
+def test_unreadable_wal_is_named_in_the_error(copy: Path) -> None:
+    """A -wal with commits that cannot be read (no -shm, read-only directory) is named."""
+    copy.with_name("runs.db-wal").write_bytes(b"\0" * 32)
+    with read_only(copy.parent, copy):
+        listed = unprivileged.run(["-m", "aruntime", "runs", "list", "--db", copy])
+    assert listed.returncode == 2
+    assert f"cannot read {copy}: {copy}-wal holds commits" in listed.stderr

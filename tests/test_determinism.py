@@ -84,12 +84,14 @@ async def _order_v2_raises_early(x: int) -> int:
     raise LookupError("the new code gives up before shipping")
 
 
-# The same workflow name declared with five bodies; each runtime is given one of them.
+# The same workflow name with five bodies; each runtime is given one of them. One process
+# registers one function per name (`@workflow` refuses a second), so the versions after a
+# deployment are made as `Workflow` objects, which registers nothing.
 order_v1 = workflow(name=NAME)(_order_v1)
-order_v2_other_step = workflow(name=NAME)(_order_v2_other_step)
-order_v2_swallowing = workflow(name=NAME)(_order_v2_swallowing)
-order_v2_returns_early = workflow(name=NAME)(_order_v2_returns_early)
-order_v2_raises_early = workflow(name=NAME)(_order_v2_raises_early)
+order_v2_other_step = Workflow(_order_v2_other_step, name=NAME)
+order_v2_swallowing = Workflow(_order_v2_swallowing, name=NAME)
+order_v2_returns_early = Workflow(_order_v2_returns_early, name=NAME)
+order_v2_raises_early = Workflow(_order_v2_raises_early, name=NAME)
 
 
 async def is_settled(store: MemoryStore, run_id: str) -> bool:

@@ -1,10 +1,13 @@
 """Where run logs live: the store protocol and its backends.
 
-`open_store` turns a URL into a store: `memory://`, `sqlite:///path/runs.db` (the
-embedded default) or a `postgresql://` URL. Backends import their drivers only when used.
+`open_store` turns a URL into a store: `memory://`, or `sqlite:///path/runs.db` (the
+embedded default). Backends import their drivers only when used.
 """
 
 from __future__ import annotations
+
+import os
+import urllib.parse
 
 from aruntime.errors import ConfigError
 from aruntime.store._base import EventStore as EventStore
@@ -13,19 +16,31 @@ from aruntime.store.memory import MemoryStore as MemoryStore
 
 __all__ = ["EventStore", "MemoryStore", "RunInfo", "open_store"]
 
+_SCHEMES = "memory:// and sqlite:///path.db"
+"""The store URLs that exist, for the errors that name them."""
+
 
 def open_store(url: str) -> EventStore:
     """The store a URL names; not opened yet (the runtime opens it).
 
     Raises:
-        ConfigError: the URL's scheme is not one aruntime knows.
+        ConfigError: the URL has no scheme (a bare path is told its `sqlite:///` URL), or
+            a scheme aruntime has no store for, or options the store refuses.
     """
+    if isinstance(url, os.PathLike):
+        raise ConfigError(
+            f"a store URL must be a string, got the path {os.fspath(url)!r}; for an SQLite "
+            f"file write {_sqlite_url(os.fspath(url))!r}"
+        )
     if not isinstance(url, str):
         raise ConfigError(f"a store URL must be a string, got {type(url).__name__}")
     scheme, sep, _ = url.partition("://")
     if not sep:
+        if not url.strip():
+            raise ConfigError(f"the store URL is empty; the stores are {_SCHEMES}")
         raise ConfigError(
-            f"store URL {url!r} has no scheme; use memory://, sqlite:///path.db or postgresql://"
+            f"store URL {url!r} has no scheme; for an SQLite file write {_sqlite_url(url)} "
+            f"(the stores are {_SCHEMES})"
         )
     if scheme == "memory":
         return MemoryStore()
@@ -33,4 +48,9 @@ def open_store(url: str) -> EventStore:
         from aruntime.store.sqlite import SqliteStore  # noqa: PLC0415 - driver loaded on use
 
         return SqliteStore.from_url(url)
-    raise ConfigError(f"unknown store scheme {scheme!r} in {url!r}; use memory:// or sqlite:///")
+    raise ConfigError(f"no store for the scheme {scheme!r} of {url!r}; the stores are {_SCHEMES}")
+
+
+def _sqlite_url(path: str | bytes) -> str:
+    """The `sqlite:///` URL of a file's path (absolute paths get four slashes)."""
+    return "sqlite:///" + urllib.parse.quote(path, safe="/")

@@ -52,6 +52,7 @@ from aruntime.errors import (
 )
 from aruntime.events import Event
 from aruntime.state import RunStatus
+from aruntime.store import _sqlite_files as files
 from aruntime.store._base import RunInfo
 from aruntime.store._rows import decode_events, decode_run
 
@@ -248,15 +249,14 @@ def connect(
 ) -> sqlite3.Connection:
     """A connection in autocommit mode, in WAL mode unless `read_only`.
 
+    A read-only connection needs nothing written beside the file (see `_sqlite_files`).
     The caller owns the connection (it is bound to the calling thread) and closes it.
     """
-    uri = f"{path.as_uri()}?mode={'ro' if read_only else 'rwc'}"
+    if read_only:
+        return _connect_reader(path, busy_timeout)
+    uri = f"{path.as_uri()}?mode=rwc"
     conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
     try:
-        if read_only:
-            # Reading the header now turns "not a database" into an error at open.
-            conn.execute("PRAGMA schema_version").fetchone()
-            return conn
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
@@ -264,6 +264,31 @@ def connect(
         if max_bytes is not None:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_reader(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    mode = files.reader_mode(path)
+    try:
+        return _open_reader(path, mode, busy_timeout)
+    except sqlite3.OperationalError as exc:
+        # A directory or mount that access(2) called writable, and SQLite found otherwise.
+        code = exc.sqlite_errorcode & 0xFF
+        retry = code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+        if mode == files.IMMUTABLE or not retry or not files.immutable_allowed(path):
+            raise
+    return _open_reader(path, files.IMMUTABLE, busy_timeout)
+
+
+def _open_reader(path: Path, mode: str, busy_timeout: float) -> sqlite3.Connection:
+    uri = f"{path.as_uri()}?{mode}"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        # Reading the header now turns "not a database" into an error at open.
+        conn.execute("PRAGMA schema_version").fetchone()
     except BaseException:
         conn.close()
         raise

@@ -64,6 +64,7 @@ from aruntime.state import RunStatus
 from aruntime.store import _sqlite_schema as schema
 from aruntime.store._base import RunInfo, check_batch, status_after
 from aruntime.store._rows import EventRow, encode_events
+from aruntime.store._sqlite_files import check_writable
 
 __all__ = ["SqliteConfig", "SqliteStats", "SqliteStore"]
 
@@ -82,7 +83,8 @@ class SqliteConfig:
     lock_timeout: float = 0.0
     """Seconds `open` waits for another store to release the file for writing."""
     read_only: bool = False
-    """Open for inspection: no lock, no writes, works while another process writes."""
+    """Open for inspection: no lock, no writes, works while another process writes, and
+    on a read-only file, directory or mount (where it creates nothing beside the file)."""
     max_batch: int = 1000
     """The most appends and parks written in one transaction."""
     max_bytes: int | None = None
@@ -591,6 +593,7 @@ class _Writer(_Thread):
         return SqliteStats(self._appends, self._events, self._commits, self._failed)
 
     def setup(self) -> None:
+        check_writable(self.path)  # before anything is created beside the file
         self._lock = schema.acquire_lock(self.path, self.config.lock_timeout, self.stopping)
         self._conn = self._connect()
         schema.migrate(self._conn, self.path)
