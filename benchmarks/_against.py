@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
-from benchmarks._harness import REPO, Progress, child_command, configure_logging
+from benchmarks._harness import REPO, Progress, child_command, configure_logging, quiet_stdout
 from benchmarks.workloads import WORKLOADS, Probe, Workload
 
 __all__ = ["AgainstError", "Checkout", "IsolatedSide", "checkout"]
@@ -118,6 +118,7 @@ class IsolatedSide:
         version: str,
         warmup: bool,
         log_file: str,
+        logging_mode: str = "default",
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -128,6 +129,7 @@ class IsolatedSide:
         self._version = version
         self._warmup = warmup
         self._log_file = log_file
+        self._logging_mode = logging_mode
         self._extra = dict(extra or {})
         self._counter = 0
 
@@ -155,6 +157,7 @@ class IsolatedSide:
             "workdir": str(directory),
             "warmup": self._warmup,
             "log_file": self._log_file,
+            "logging": self._logging_mode,
             "expect_root": str(self.root.resolve()),
         }
         command, env = child_command(
@@ -198,12 +201,14 @@ def _loop_result(workload: Workload, data: dict[str, Any]) -> LoopResult:
 
 
 def _child(spec: dict[str, Any]) -> None:
+    mode = spec.get("logging", "default")
+    out = quiet_stdout(spec["log_file"]) if mode == "default" else sys.stdout
     import aruntime  # noqa: PLC0415 - the package under test, found on PYTHONPATH
 
     found = Path(aruntime.__file__).resolve().parent.parent
     if found != Path(spec["expect_root"]):
         sys.exit(f"imported aruntime from {found}, not from {spec['expect_root']}")
-    configure_logging(spec["log_file"])
+    configure_logging(spec["log_file"], mode)
     workload = replace(
         WORKLOADS[spec["workload"]].resized(runs=spec["runs"], steps=spec["steps"]),
         concurrency=spec["concurrency"],
@@ -223,7 +228,7 @@ def _child(spec: dict[str, Any]) -> None:
         "run_latencies": probe.run_latencies,
         "attempts": [[run, index, times] for (run, index), times in probe.attempts.items()],
     }
-    print(json.dumps(data, default=str), flush=True)
+    print(json.dumps(data, default=str), file=out, flush=True)
 
 
 if __name__ == "__main__":

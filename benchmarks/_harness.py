@@ -21,6 +21,7 @@ __all__ = [
     "configure_logging",
     "machine",
     "percentile",
+    "quiet_stdout",
     "rss_bytes",
     "spread",
 ]
@@ -55,19 +56,24 @@ def child_command(
 _STREAMS: dict[str, TextIO] = {}
 
 
-def configure_logging(path: str = os.devnull) -> None:
-    """Configure structlog as an application would: WARNING and up, loggers cached.
+def configure_logging(path: str = os.devnull, mode: str = "default") -> None:
+    """Set logging up as the application under test would.
 
-    aruntime logs every step at debug level; with a filtering bound logger those calls
-    are no-ops, and `cache_logger_on_first_use` keeps them from re-resolving the logger.
-    Warnings (a failed attempt, a retry scheduled) are rendered to `path`, which is
-    os.devnull by default: rendering is paid as a real application would pay it, but the
-    terminal is not flooded by the retry and scale workloads.
+    `default` (what a user who configures nothing gets) changes no setting: only the
+    last-resort handler of the standard library, which writes warnings to standard error,
+    writes them to `path` instead, so that the retry workload does not flood the terminal
+    while every record is still made and rendered. `filtered` configures structlog as a
+    tuned application would: WARNING and up, loggers cached, rendered as JSON to `path`.
+    Either way nothing reaches the terminal; `path` is os.devnull unless told otherwise.
     """
     stream = _STREAMS.get(path)
     if stream is None:
         # Kept open for the life of the process, like any application's log file.
         stream = _STREAMS[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+    if mode == "default":
+        logging.lastResort = logging.StreamHandler(stream)
+        logging.lastResort.setLevel(logging.WARNING)
+        return
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -78,6 +84,20 @@ def configure_logging(path: str = os.devnull) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
+
+
+def quiet_stdout(path: str) -> TextIO:
+    """Send file descriptor 1 to `path`; return a stream on the real standard output.
+
+    A child process measuring an aruntime that prints its log to standard output (older
+    ones did, unconfigured) pays for that output like a user with a redirected stdout,
+    and still hands its JSON result back on the real one.
+    """
+    real = os.dup(1)
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(target, 1)
+    os.close(target)
+    return os.fdopen(real, "w", encoding="utf-8")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
