@@ -200,7 +200,8 @@ def test_sleep_without_durable_sleep_is_skipped_with_a_reason(
 
 @pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
 def test_floor_measures_the_parts_of_a_durable_append(capsys: pytest.CaptureFixture[str]) -> None:
-    """Floor reports commit, hand-off and append medians, and the step floor they imply."""
+    """Floor reports commit, hand-off and append medians, the step floor they imply, and a
+    step's own cost beside one append."""
     rep = run(capsys, "floor", "--store", "sqlite", "--n", "20", "--repeat", "2")
     assert rep["config"]["samples"] == 20
     figures = rep["sides"]["aruntime"]["figures"]
@@ -211,7 +212,15 @@ def test_floor_measures_the_parts_of_a_durable_append(capsys: pytest.CaptureFixt
     assert min(handoffs) > 0
     assert min(appends) > 0
     for commit, handoff, floor in zip(commits, handoffs, floors, strict=True):
-        assert floor == pytest.approx(2 * (commit + handoff))
+        assert floor == pytest.approx(commit + handoff)
+    for step, append, ratio in zip(
+        figures["step_us"]["values"],
+        appends,
+        figures["step_per_append"]["values"],
+        strict=True,
+    ):
+        assert step > 0
+        assert ratio == pytest.approx(step / append)
 
 
 def test_floor_on_memory_is_skipped_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
