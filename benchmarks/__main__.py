@@ -475,9 +475,11 @@ class Suite:
                 )
             rep["config"]["lead_s"] = figures["lead_s"]["median"]
             rep["notes"].append(
-                "late: wall-clock seconds after the common wake-up time, as each run saw it "
-                "right after aruntime.sleep returned (wake-up) and at the start of its step's "
-                "body; memory as in the scale workload, while every run was asleep"
+                "late: wall-clock seconds after the run's own wake-up time (the runs' wake-ups "
+                "fall evenly in one second), as each run saw it right after aruntime.sleep "
+                "returned (wake-up) and at the start of its step's body; all steps done: after "
+                "the last wake-up time; memory as in the scale workload, while every run was "
+                "asleep"
             )
         return rep
 

@@ -1,7 +1,9 @@
-"""The sleep workload: N runs sleep until one wall-clock instant, then run one step each.
+"""The sleep workload: N runs all wake in the same second, then run one step each.
 
-Every run is started with the same wake-up time `wake_at`, chosen before the first start
-and far enough ahead (`lead`) that starting them all is over before any wakes. Each run
+Run `i` of N is started with the wake-up time `wake_at + i / N * SPREAD` (SPREAD = 1 s):
+the N wake-ups fall evenly in one second, as "10,000 runs waking in the same second"
+reads. `wake_at` is chosen before the first start and far enough ahead (`lead`) that
+starting them all is over before any wakes. Each run
 calls `aruntime.sleep_until(wake_at)` (or `aruntime.sleep` of what is left, where there is
 no `sleep_until`), notes how late it woke (`time.time() - wake_at` right after the sleep
 returned), then calls one trivial step, whose body notes how late it began. While every
@@ -46,6 +48,8 @@ from benchmarks.workloads import run_id
 __all__ = ["lead", "measure", "unavailable"]
 
 MISSING = "skipped: this aruntime has no durable sleep (aruntime.sleep)"
+SPREAD = 1.0
+"""Seconds over which the runs' wake-up times are spread evenly."""
 
 
 def unavailable() -> str | None:
@@ -159,7 +163,8 @@ async def _run(
 
             async def starter() -> None:
                 for run in numbers:
-                    await rt.start(wf, run, wake_at, run_id=run_id(run))
+                    own = wake_at + run / runs * SPREAD
+                    await rt.start(wf, run, own, run_id=run_id(run))
 
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(1_000, runs)):
@@ -193,7 +198,7 @@ async def _run(
         wake_max_ms=max(seen.woke) * 1e3,
         step_p50_ms=percentile(seen.stepped, 50) * 1e3,
         step_p99_ms=percentile(seen.stepped, 99) * 1e3,
-        finished_s=seen.finished_at - wake_at,
+        finished_s=seen.finished_at - (wake_at + SPREAD),
         runs_completed=seen.done,
     )
     return figures
