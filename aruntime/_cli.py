@@ -35,7 +35,7 @@ import msgspec
 import structlog
 
 from aruntime.errors import AruntimeError, ConfigError
-from aruntime.events import Event, StepFailed
+from aruntime.events import Event, StepFailed, op_identity
 from aruntime.state import RunState, RunStatus, replay
 from aruntime.store import EventStore, RunInfo
 
@@ -332,23 +332,45 @@ def _print_state(info: RunInfo, state: RunState) -> None:
     if state.finished_at is not None and state.started_at is not None:
         took = state.finished_at - state.started_at
         print(f"finished  {_local(state.finished_at)} (after {took:.3f}s)")
+    if state.deadline is not None:
+        print(f"deadline  {_local(state.deadline)}")
+    if state.cancel_reason is not None:
+        print(f"cancel    requested: {state.cancel_reason}")
     print(f"events    {state.version}")
     print()
-    print("steps")
-    rows = []
-    for s in sorted(state.steps.values(), key=lambda s: s.position):
+    print("operations")
+    rows: list[tuple[float, str, tuple[str, ...]]] = []
+    for s in state.steps.values():
         outcome = s.result if s.result is not None else f"{s.error_type}: {s.error_message}"
         if s.error_type is None and s.result is None:
             outcome = ""
-        rows.append((str(s.position), s.step, s.status.value, str(s.attempts), _cut(outcome)))
-    _table(("POS", "STEP", "STATUS", "ATTEMPTS", "RESULT OR ERROR"), rows, indent="  ")
+        row = (s.identity, "step", s.step, s.status.value, str(s.attempts), _cut(outcome))
+        rows.append((s.started_at, s.identity, row))
+    for z in state.sleeps.values():
+        status = "cancelled" if z.cancelled else "until"
+        row = (z.identity, "sleep", "-", status, "-", _local(z.wake_at))
+        rows.append((z.started_at, z.identity, row))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    _table(
+        ("OP", "KIND", "NAME", "STATUS", "ATTEMPTS", "RESULT, ERROR OR WAKE-UP"),
+        [row for _, _, row in rows],
+        indent="  ",
+    )
 
 
 def _details(event: Event) -> str:
     fields = msgspec.structs.asdict(event)
     parts = []
     if "position" in fields:
-        parts.append(f"step {fields['position']} {fields['step']!r} attempt {fields['attempt']}")
+        identity = op_identity(fields.get("branch", ""), fields["position"])
+        if "step" in fields:
+            parts.append(f"op {identity} step {fields['step']!r} attempt {fields['attempt']}")
+        else:
+            parts.append(f"op {identity}")
+    if "wake_at" in fields:
+        parts.append(f"sleep until {_local(fields['wake_at'])}")
+    if "reason" in fields:
+        parts.append(f"reason {_cut(fields['reason'])}")
     if "workflow" in fields:
         parts.append(f"workflow {fields['workflow']!r} args {_cut(fields['args'])}")
     if "result" in fields:
@@ -405,6 +427,8 @@ def _state_json(state: RunState) -> dict[str, Any]:
     steps = [
         _with_values(
             {
+                "identity": s.identity,
+                "branch": s.branch,
                 "position": s.position,
                 "step": s.step,
                 "status": s.status.value,
@@ -417,7 +441,16 @@ def _state_json(state: RunState) -> dict[str, Any]:
                 "finished_at": _iso(s.finished_at),
             }
         )
-        for s in sorted(state.steps.values(), key=lambda s: s.position)
+        for s in sorted(state.steps.values(), key=lambda s: (s.started_at, s.identity))
+    ]
+    sleeps = [
+        {
+            "identity": z.identity,
+            "wake_at": _iso(z.wake_at),
+            "cancelled": z.cancelled,
+            "started_at": _iso(z.started_at),
+        }
+        for z in sorted(state.sleeps.values(), key=lambda z: (z.started_at, z.identity))
     ]
     return _with_values(
         {
@@ -428,7 +461,10 @@ def _state_json(state: RunState) -> dict[str, Any]:
             "error_message": state.error_message,
             "started_at": _iso(state.started_at),
             "finished_at": _iso(state.finished_at),
+            "deadline": _iso(state.deadline),
+            "cancel_reason": state.cancel_reason,
             "steps": steps,
+            "sleeps": sleeps,
         }
     )
 
@@ -436,6 +472,9 @@ def _state_json(state: RunState) -> dict[str, Any]:
 def _event_json(event: Event) -> dict[str, Any]:
     fields = msgspec.structs.asdict(event)
     document: dict[str, Any] = {"type": type(event).__name__, **fields, "at": _iso(event.at)}
+    for key in ("wake_at", "deadline"):
+        if key in fields:
+            document[key] = _iso(fields[key])
     if isinstance(event, StepFailed):
         document["retry_at"] = _iso(event.retry_at)
         document["retry_wait"] = None if event.retry_at is None else event.retry_at - event.at

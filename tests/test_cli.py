@@ -20,7 +20,7 @@ from unprivileged import beside, read_only
 
 from aruntime import NonRetryableError, RetryPolicy, Runtime, step, workflow
 from aruntime._cli import DB_VARIABLE, DEFAULT_DB, _parser, run
-from aruntime.events import RunStarted, StepStarted
+from aruntime.events import CancelRequested, Event, RunStarted, SleepStarted, StepStarted
 from aruntime.store.sqlite import SqliteStore
 
 attempts: dict[str, int] = {}
@@ -140,14 +140,14 @@ def test_runs_list_json_is_machine_readable(db: Path, capsys: pytest.CaptureFixt
 def test_runs_show_prints_state_steps_and_history(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The state (status, error, steps with attempts) comes first, then every event."""
+    """The state (status, error, operations with attempts) comes first, then every event."""
     code, out, _ = cli(capsys, "runs", "show", "payment", "--db", db)
     assert code == 0
     state, history = out.split("\nhistory\n")
     assert "status    failed" in state
     assert "NonRetryableError: card declined" in state.split("\nerror ")[1].splitlines()[0]
     step_row = next(line for line in state.splitlines() if "cli.charge" in line)
-    assert step_row.split()[:4] == ["1", "cli.charge", "failed", "2"]
+    assert step_row.split()[:5] == ["1", "step", "cli.charge", "failed", "2"]
     rows = [line.split(maxsplit=3) for line in history.splitlines()[1:]]
     assert [r[2] for r in rows] == [
         "RunStarted",
@@ -386,3 +386,37 @@ def test_unreadable_wal_is_named_in_the_error(copy: Path) -> None:
         listed = unprivileged.run(["-m", "aruntime", "runs", "list", "--db", copy])
     assert listed.returncode == 2
     assert f"cannot read {copy}: {copy}-wal holds commits" in listed.stderr
+
+
+def test_runs_show_names_branch_operations_sleeps_and_cancellation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operations are listed by identity (branch and position), sleeps with their wake-up,
+    and a requested cancellation with its reason."""
+    path = tmp_path / "ops.db"
+
+    async def make() -> None:
+        async with SqliteStore(path) as store:
+            events: list[Event] = [
+                RunStarted(sequence=1, at=1.0, run_id="ops", workflow="cli.hello", args="[[],{}]"),
+                StepStarted(
+                    sequence=2, at=2.0, position=1, step="cli.greet", attempt=1, branch="2"
+                ),
+                SleepStarted(sequence=3, at=3.0, position=1, wake_at=100.0),
+                CancelRequested(sequence=4, at=4.0, reason="operator said so"),
+            ]
+            await store.append("ops", events, 0)
+
+    asyncio.run(make())
+    code, out, _ = cli(capsys, "runs", "show", "ops", "--db", path)
+    assert code == 0
+    state, history = out.split("\nhistory\n")
+    assert "cancel    requested: operator said so" in state
+    rows = {
+        line.split()[0]: line.split()[:4]
+        for line in state.split("\noperations\n")[1].splitlines()[1:]
+    }
+    assert rows["2.1"] == ["2.1", "step", "cli.greet", "running"]
+    assert rows["1"] == ["1", "sleep", "-", "until"]
+    assert "op 2.1 step 'cli.greet' attempt 1" in history
+    assert "reason operator said so" in history
