@@ -1,6 +1,6 @@
 """`aruntime demo`: many concurrent runs, injected faults and crashes, every promise checked.
 
-Two phases, each on its own runs of the seeded workload (`_demo_workload`):
+Three phases, the first two each on its own runs of the seeded workload (`_demo_workload`):
 
 a. In-process crashes. The runs execute in this process; a sample of run tasks is killed
    with `aruntime.testing.crash_run` in the middle of a step body. Each respawned task's
@@ -11,7 +11,11 @@ b. A real process crash (SQLite only). A child process (`aruntime demo --child`)
    unfinished run, and each run's start-up state must equal `replay(events)` read from
    the file beforehand.
 
-In both phases every run must end the way its plan says (result, or failing step and
+c. The workflow vocabulary (`_demo_vocab`): runs that fan out into branches, sleep
+   durably and are crashed with branches in flight; reservations cancelled while they
+   sleep, whose cleanup step releases them; a run cancelled by its deadline.
+
+In phases a and b every run must end the way its plan says (result, or failing step and
 error), and every log must be dense, complete, accepted by the strict fold, hold no step
 completed twice, and start no retry before its due time. Each check compares what the
 runtime did with what the plan or the log says; the summary prints which failed.
@@ -37,6 +41,7 @@ from aruntime._demo_checks import (
     wait_all,
 )
 from aruntime._demo_kill import phase_kill, run_child
+from aruntime._demo_vocab import phase_vocabulary
 from aruntime._demo_workload import hooks, make_plans
 from aruntime.runtime import Runtime
 from aruntime.state import RunState
@@ -94,6 +99,7 @@ async def _demo(options: DemoOptions, report: Report) -> None:
         report.line("  --store memory to run it on SQLite)")
     else:
         await phase_kill(options.runs, options.steps, options.seed, options.db, report)
+    await phase_vocabulary(store if isinstance(store, str) else MemoryStore(), options.seed, report)
     elapsed = time.perf_counter() - began
     report.line()
     if report.failed:
