@@ -19,7 +19,7 @@ The scenarios, one per primitive:
 - `pair`: the shape of the reported bug, `aruntime.gather` of the chains a1 -> a2 and
   b1 -> b2, each step returning its own name.
 - `deadline`: started with `timeout=DEADLINE`; a step, then a durable sleep far past the
-  deadline, and a cleanup step when the cancellation arrives.
+  deadline, and a cleanup step of `--cleanup` seconds when the cancellation arrives.
 
 Every step body appends `life identity label attempt phase wall-time` to the ledger
 (O_APPEND, one write and an fsync per line): `begin` before it does anything, `end` just
@@ -105,7 +105,7 @@ class Ledger:
 
 
 def declare(
-    ledger: Ledger, work_began: asyncio.Event, *, slow_stop: bool
+    ledger: Ledger, work_began: asyncio.Event, *, slow_stop: bool, cleanup: float
 ) -> dict[str, Workflow[..., Any]]:
     """The scenarios' workflows, by scenario; their steps write to `ledger`."""
 
@@ -185,7 +185,7 @@ def declare(
             await aruntime.sleep(5 * DEADLINE)
             return await note("after", 0.0)
         except asyncio.CancelledError:
-            await note("cleanup", 0.0)
+            await note("cleanup", cleanup)
             raise
 
     return {
@@ -202,7 +202,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or find) the scenario's run and wait for its end; the outcome."""
     ledger = Ledger(args.ledger, args.life)
     work_began = asyncio.Event()
-    wf = declare(ledger, work_began, slow_stop=args.slow_stop)[args.scenario]
+    workflows = declare(ledger, work_began, slow_stop=args.slow_stop, cleanup=args.cleanup)
+    wf = workflows[args.scenario]
     run_args: tuple[Any, ...] = ()
     if args.scenario == "timeout":
         run_args = (args.slow,)
@@ -239,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slow", type=int, action="append", default=[])
     parser.add_argument("--slow-stop", action="store_true")
+    parser.add_argument("--cleanup", type=float, default=0.0)
     args = parser.parse_args(argv)
     outcome = asyncio.run(run_scenario(args))
     print("outcome", json.dumps(outcome), flush=True)
