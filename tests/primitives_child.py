@@ -14,10 +14,13 @@ The scenarios, one per primitive:
 - `cancel`: a long step; the child cancels the run once the step's body runs, and the
   workflow's `except asyncio.CancelledError:` runs a slow compensation step. With
   `--slow-stop` the long step's body takes `STOP` seconds to end once cancelled.
+- `cancel-gather`: the same with two long steps gathered, `work` and `stubborn` (in that
+  order, or the other with `--stubborn-first`); `stubborn`'s body takes `STOP` seconds to
+  end once cancelled. The child cancels once both run.
 - `branches`: `aruntime.gather` of three chains of two steps, each body sleeping a time
   drawn from the seed (`branch_delays`).
 - `pair`: the shape of the reported bug, `aruntime.gather` of the chains a1 -> a2 and
-  b1 -> b2, each step returning its own name.
+  b1 -> b2, each step returning its own name (`aruntime.TaskGroup` with `--group`).
 - `deadline`: started with `timeout=DEADLINE`; a step, then a durable sleep far past the
   deadline, and a cleanup step of `--cleanup` seconds when the cancellation arrives.
 
@@ -42,10 +45,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import aruntime
-from aruntime import RetryPolicy, Runtime, Workflow, current_step, step, workflow
+from aruntime import RetryPolicy, Runtime, Step, Workflow, current_step, step, workflow
 
 RUN_ID = "prim"
-SCENARIOS = ("sleep", "timeout", "cancel", "branches", "pair", "deadline")
+SCENARIOS = ("sleep", "timeout", "cancel", "cancel-gather", "branches", "pair", "deadline")
 SLEEP = 1.5
 """Seconds of the durable sleep of the `sleep` scenario."""
 STEP_TIMEOUT = 0.3
@@ -60,6 +63,7 @@ UNDO = 1.0
 STOP = 1.0
 """Seconds the long body of the `cancel` scenario takes to stop with `--slow-stop`."""
 CANCEL_REASON = "by the child"
+
 DEADLINE = 1.0
 """The `deadline` scenario's run timeout."""
 PAIR_DELAYS = {"a1": 0.4, "a2": 0.3, "b1": 0.05, "b2": 0.6}
@@ -105,20 +109,25 @@ class Ledger:
 
 
 def declare(
-    ledger: Ledger, work_began: asyncio.Event, *, slow_stop: bool, cleanup: float
+    ledger: Ledger, work_began: asyncio.Event, args: argparse.Namespace
 ) -> dict[str, Workflow[..., Any]]:
-    """The scenarios' workflows, by scenario; their steps write to `ledger`."""
+    """The scenarios' workflows, by scenario; their steps write to `ledger`, and
+    `work_began` is set once the long bodies that the run is cancelled in have begun."""
+    began: set[str] = set()
+    cancel_when = {"work", "stubborn"} if args.scenario == "cancel-gather" else {"work"}
+    slow_to_stop = {"stubborn", "work"} if args.slow_stop else {"stubborn"}
 
     @step(name="prim.note", retry=RetryPolicy(max_attempts=5, initial_delay=0.05, jitter=0.0))
     async def note(label: str, delay: float) -> str:
         ledger.write(label, "begin")
-        if label == "work":
+        began.add(label)
+        if began >= cancel_when:
             work_began.set()
         try:
             await asyncio.sleep(delay)
         except asyncio.CancelledError:
             ledger.write(label, "cut")
-            if label == "work" and slow_stop:
+            if label in slow_to_stop:
                 await asyncio.sleep(STOP)
             raise
         ledger.write(label, "end")
@@ -142,20 +151,37 @@ def declare(
         ledger.write("timed", "end")
         return f"attempt {attempt}"
 
+    @workflow(name="prim.timed")
+    async def timed_run(slow: list[int]) -> str:
+        return await timed(slow)
+
+    return {"timeout": timed_run, **_workflows(note, args)}
+
+
+def _workflows(
+    note: Step[[str, float], str], args: argparse.Namespace
+) -> dict[str, Workflow[..., Any]]:
+    """Every scenario's workflow but `timeout`'s, made of `note` steps."""
+
     @workflow(name="prim.sleeper")
     async def sleeper() -> list[str]:
         before = await note("before", 0.0)
         await aruntime.sleep(SLEEP)
         return [before, await note("after", 0.0)]
 
-    @workflow(name="prim.timed")
-    async def timed_run(slow: list[int]) -> str:
-        return await timed(slow)
-
     @workflow(name="prim.cancellable")
     async def cancellable() -> str:
         try:
             return await note("work", LONG)
+        except asyncio.CancelledError:
+            await note("undo", UNDO)
+            raise
+
+    @workflow(name="prim.cancel_gather")
+    async def cancel_gather() -> list[str]:
+        labels = ["stubborn", "work"] if args.stubborn_first else ["work", "stubborn"]
+        try:
+            return await aruntime.gather(*(note(label, LONG) for label in labels))
         except asyncio.CancelledError:
             await note("undo", UNDO)
             raise
@@ -169,14 +195,19 @@ def declare(
 
         return await aruntime.gather(*(chain(b) for b in range(1, BRANCHES + 1)))
 
+    async def chain_of(first: str, second: str) -> list[str]:
+        a = await note(first, PAIR_DELAYS[first])
+        b = await note(second, PAIR_DELAYS[second])
+        return [a, b]
+
     @workflow(name="prim.pair")
     async def pair() -> list[list[str]]:
-        async def chain(first: str, second: str) -> list[str]:
-            a = await note(first, PAIR_DELAYS[first])
-            b = await note(second, PAIR_DELAYS[second])
-            return [a, b]
-
-        return await aruntime.gather(chain("a1", "a2"), chain("b1", "b2"))
+        if not args.group:
+            return await aruntime.gather(chain_of("a1", "a2"), chain_of("b1", "b2"))
+        async with aruntime.TaskGroup() as tg:
+            a = tg.create_task(chain_of("a1", "a2"))
+            b = tg.create_task(chain_of("b1", "b2"))
+        return [a.result(), b.result()]
 
     @workflow(name="prim.deadline")
     async def deadline() -> str:
@@ -185,13 +216,13 @@ def declare(
             await aruntime.sleep(5 * DEADLINE)
             return await note("after", 0.0)
         except asyncio.CancelledError:
-            await note("cleanup", cleanup)
+            await note("cleanup", args.cleanup)
             raise
 
     return {
         "sleep": sleeper,
-        "timeout": timed_run,
         "cancel": cancellable,
+        "cancel-gather": cancel_gather,
         "branches": branches,
         "pair": pair,
         "deadline": deadline,
@@ -202,7 +233,7 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or find) the scenario's run and wait for its end; the outcome."""
     ledger = Ledger(args.ledger, args.life)
     work_began = asyncio.Event()
-    workflows = declare(ledger, work_began, slow_stop=args.slow_stop, cleanup=args.cleanup)
+    workflows = declare(ledger, work_began, args)
     wf = workflows[args.scenario]
     run_args: tuple[Any, ...] = ()
     if args.scenario == "timeout":
@@ -214,7 +245,7 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         async with Runtime(f"sqlite:///{args.db}", workflows=[wf]) as rt:
             print("opened", f"{time.time():.6f}", flush=True)
             handle = await rt.start(wf, *run_args, run_id=RUN_ID, timeout=timeout)
-            if args.scenario == "cancel" and not (await handle.state()).cancel_requested:
+            if args.scenario.startswith("cancel") and not (await handle.state()).cancel_requested:
                 await work_began.wait()
                 await handle.cancel(CANCEL_REASON)
             try:
@@ -241,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, action="append", default=[])
     parser.add_argument("--slow-stop", action="store_true")
     parser.add_argument("--cleanup", type=float, default=0.0)
+    parser.add_argument("--stubborn-first", action="store_true")
+    parser.add_argument("--group", action="store_true")
     args = parser.parse_args(argv)
     outcome = asyncio.run(run_scenario(args))
     print("outcome", json.dumps(outcome), flush=True)

@@ -473,6 +473,36 @@ def test_cancel_requested_before_kill_is_delivered_after_restart(tmp_path: Path)
     assert bodies(entries, "undo") == [(2, 1, "begin"), (2, 1, "end")]
 
 
+@pytest.mark.parametrize("stubborn_first", [False, True], ids=["stubborn-second", "stubborn-first"])
+def test_cancelled_branches_killed_while_one_stops(stubborn_first: bool, tmp_path: Path) -> None:
+    """Killed while the compensation runs and one of two cancelled branches is still
+    stopping (its cancellation not yet recorded), the restarted run runs neither branch's
+    body again, completes the compensation once and ends cancelled."""
+    options = ["--stubborn-first"] if stubborn_first else []
+    scene = Scene(tmp_path, "cancel-gather", *options)
+    work, stubborn = ("2.1", "1.1") if stubborn_first else ("1.1", "2.1")
+    scene.spawn()
+
+    def moment() -> bool:
+        return scene.began("undo") and work in cancelled_at(read_log(scene.db))
+
+    scene.wait_for("the compensation with one branch still stopping", moment)
+    killed = scene.kill()
+    assert cancelled_at(killed) == [work], "the kill was meant to land while a branch stops"
+    assert "1" not in completed(killed)
+
+    assert scene.finish() == {"status": "cancelled", "reason": CANCEL_REASON}
+    log, entries = audit(scene)
+    state = aruntime.replay(log)
+    print(f"\nat the end: { ({i: s.status.value for i, s in state.steps.items()}) }")
+    assert isinstance(log[-1], RunCancelled)
+    assert bodies(entries, "work") == [(1, 1, "begin"), (1, 1, "cut")]
+    assert bodies(entries, "stubborn") == [(1, 1, "begin"), (1, 1, "cut")]
+    assert bodies(entries, "undo") == [(1, 1, "begin"), (2, 2, "begin"), (2, 2, "end")]
+    assert list(completed(log)) == ["1"]
+    assert [e.attempt for e in of_type(log, StepStarted) if identity_of(e) == stubborn] == [1]
+
+
 def cancelled_at(log: list[Event]) -> list[str]:
     """The identities of the operations the run's cancellation reached, in order."""
     return [op_identity(e.branch, e.position) for e in of_type(log, OperationCancelled)]
@@ -532,10 +562,11 @@ def test_branches_in_flight_resume_to_uncrashed_result(
     assert isinstance(log[-1], RunCompleted)
 
 
-def test_gathered_chains_keep_their_results_after_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["gather", "TaskGroup"])
+def test_gathered_chains_keep_their_results_after_kill(group: bool, tmp_path: Path) -> None:
     """The reported shape: gather(a1 -> a2, b1 -> b2), killed with b1 and a1 done and a2,
-    b2 in flight, returns [['a1', 'a2'], ['b1', 'b2']]."""
-    scene = Scene(tmp_path, "pair")
+    b2 in flight, returns [['a1', 'a2'], ['b1', 'b2']]; so do two TaskGroup tasks."""
+    scene = Scene(tmp_path, "pair", *(["--group"] if group else []))
     scene.spawn()
     scene.wait_for("a2 in flight", lambda: scene.began("a2"))
     killed = scene.kill()
