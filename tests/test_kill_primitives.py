@@ -72,6 +72,9 @@ SLACK = 0.3
 PAUSE = 0.5
 """Seconds between a kill and the restart in the sleep test: what a fresh sleep would add."""
 
+PLANNED_LOGS = ("step.failed ", "run.failed ")
+"""What a child may log: the timeouts and failures its scenario plans."""
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
@@ -144,6 +147,10 @@ class Scene:
 
     def _err(self, life: int | None = None) -> Path:
         return self.dir / f"child{life or self.life}.err"
+
+    def errors(self, life: int) -> list[str]:
+        """What the child of `life` logged (warnings and errors go to stderr)."""
+        return self._err(life).read_text(errors="replace").splitlines()
 
     def output(self) -> str:
         """Every life's output, for a failure message."""
@@ -261,7 +268,9 @@ def audit(scene: Scene) -> tuple[list[Event], list[Entry]]:
     - no body began after its step's completion was durable (in the file after a kill);
     - each operation completed at most once, and its attempts are numbered 1, 2, ...;
     - every attempt without an outcome in the final log ran in a life that was killed;
-    - what the file held after a kill is a prefix of the final log.
+    - what the file held after a kill is a prefix of the final log;
+    - the children logged nothing but the failures the scenario plans (no respawn, no
+      parked run, no traceback).
     """
     log = read_log(scene.db)
     entries = scene.ledger()
@@ -302,6 +311,12 @@ def audit(scene: Scene) -> tuple[list[Event], list[Entry]]:
             problems.append(f"{start}: no outcome, yet its body ran in a life not killed")
         if attempt == max(attempts[identity]) and not of_type(log, OperationCancelled):
             problems.append(f"{start}: the last attempt has no outcome")
+    for life in range(1, scene.life + 1):
+        problems += [
+            f"life {life} logged: {line}"
+            for line in scene.errors(life)
+            if not line.startswith(PLANNED_LOGS)
+        ]
     if problems:
         shown = "\n".join(problems[:20])
         pytest.fail(f"{len(problems)} problems:\n{shown}\nlog: {log}\n{scene.output()}")
