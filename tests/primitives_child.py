@@ -22,7 +22,8 @@ The scenarios, one per primitive:
 - `pair`: the shape of the reported bug, `aruntime.gather` of the chains a1 -> a2 and
   b1 -> b2, each step returning its own name (`aruntime.TaskGroup` with `--group`).
 - `deadline`: started with `timeout=DEADLINE`; a step, then a durable sleep far past the
-  deadline, and a cleanup step of `--cleanup` seconds when the cancellation arrives.
+  deadline (with `--in-step`, a step as long), and a cleanup step of `--cleanup` seconds
+  when the cancellation arrives.
 
 Every step body appends `life identity label attempt phase wall-time` to the ledger
 (O_APPEND, one write and an fsync per line): `begin` before it does anything, `end` just
@@ -213,7 +214,10 @@ def _workflows(
     async def deadline() -> str:
         try:
             await note("before", 0.0)
-            await aruntime.sleep(5 * DEADLINE)
+            if args.in_step:
+                await note("long", 5 * DEADLINE)
+            else:
+                await aruntime.sleep(5 * DEADLINE)
             return await note("after", 0.0)
         except asyncio.CancelledError:
             await note("cleanup", args.cleanup)
@@ -274,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cleanup", type=float, default=0.0)
     parser.add_argument("--stubborn-first", action="store_true")
     parser.add_argument("--group", action="store_true")
+    parser.add_argument("--in-step", action="store_true")
     args = parser.parse_args(argv)
     outcome = asyncio.run(run_scenario(args))
     print("outcome", json.dumps(outcome), flush=True)
