@@ -27,7 +27,14 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.events import CancelRequested, Event, OperationCancelled, RunCompleted
+from aruntime.events import (
+    CancelRequested,
+    Event,
+    OperationCancelled,
+    RunCompleted,
+    RunFailed,
+    StepFailed,
+)
 from aruntime.testing import FakeClock, FaultyStore, crash_run
 
 T0 = 1_000_000.0
@@ -616,3 +623,87 @@ async def test_closing_the_runtime_runs_and_records_no_cleanup_step() -> None:
     gate("reserve").set()
     async with runtime(store) as again:
         assert await again.handle("c").result() == "reserve"
+
+
+# -- cancellations and BaseExceptions nobody asked for --------------------------------------
+
+
+class Meltdown(BaseException):
+    """A BaseException from a step body that is neither an error of the step nor a request."""
+
+
+@step(retry=RetryPolicy(max_attempts=2))
+async def melts_down() -> str:
+    entered.append(f"attempt {current_step().attempt}")
+    raise Meltdown("reactor core")
+
+
+@step(retry=RetryPolicy(max_attempts=2))
+async def stray_cancellation() -> str:
+    entered.append(f"attempt {current_step().attempt}")
+    # A future someone else cancelled raises CancelledError here, though nobody cancelled
+    # the run.
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+    return "unreachable"
+
+
+@workflow
+async def meltdown() -> str:
+    return await melts_down()
+
+
+@workflow
+async def stray() -> str:
+    return await stray_cancellation()
+
+
+SMALL_BUDGET = aruntime.RuntimeConfig(restart_budget=aruntime.RestartBudget(max_restarts=3))
+"""More respawns than the steps above have attempts, so the attempts run out first."""
+
+
+@pytest.mark.parametrize(
+    ("wf", "cause"),
+    [
+        (meltdown, "Meltdown: reactor core"),
+        (stray, "CancelledError raised inside the run, although nothing cancelled it"),
+    ],
+    ids=["base-exception", "stray-cancelled-error"],
+)
+async def test_base_exception_from_a_body_parks_the_run_with_its_cause_never_fails_it(
+    wf: aruntime.Workflow[[], str], cause: str
+) -> None:
+    """A body that keeps raising a BaseException respawns the run until it is parked with
+    the exception's type and message; its attempts are never recorded as interrupted."""
+    clock = FakeClock(T0, autojump=True)
+    async with Runtime(clock=clock, config=SMALL_BUDGET) as rt:
+        handle = await start(rt, wf, run_id="m")
+        with pytest.raises(RunParkedError) as info:
+            await handle.result()
+        state = await rt.state("m")
+        events = await rt.store.events_for("m")
+    assert cause in info.value.reason
+    assert state.status is RunStatus.RUNNING
+    assert entered == ["attempt 1", "attempt 2"]
+    assert kinds(events) == ["RunStarted", "StepStarted", "StepStarted"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run parked after its body's BaseException used up the step's attempts is "
+    "failed as aruntime.AttemptInterrupted ('the process stopped') once resumed: the "
+    "respawned runner no longer knows the real cause",
+)
+async def test_resumed_run_parked_for_a_base_exception_is_not_failed_as_interrupted() -> None:
+    """Resuming a run parked for a body's BaseException never fails it as interrupted."""
+    async with Runtime(clock=FakeClock(T0, autojump=True), config=SMALL_BUDGET) as rt:
+        handle = await start(rt, meltdown, run_id="m")
+        with pytest.raises(RunParkedError):
+            await handle.result()
+        await rt.resume("m")
+        with contextlib.suppress(RunParkedError, RunFailedError):
+            await handle.result()
+        events = await rt.store.events_for("m")
+    recorded = [e.error_type for e in events if isinstance(e, StepFailed | RunFailed)]
+    assert "aruntime.AttemptInterrupted" not in recorded
