@@ -424,15 +424,16 @@ async def test_task_group_outside_a_workflow_is_asyncio_task_group() -> None:
 
 # -- random branching workflows, random completion orders, random crashes -------------------
 #
-# A tree is a chain: a list of nodes, each a step (["s"]) or a gather of chains (["g", [chain,
-# ...]]). `tree` interprets it: a step gets the previous node's result of its chain as its
-# argument (so a result replayed at the wrong identity changes the next digest) and returns
-# its own identity; a chain returns the list of its nodes' results. What an uncrashed run
-# returns is therefore `expected_result(spec)`, computed from the structure alone.
+# A tree is a chain: a list of nodes, each a step (["s"]), a durable sleep (["z"]) or a
+# gather of chains (["g", [chain, ...]]). `tree` interprets it: a step gets the previous
+# node's result in its chain as its argument (so a result replayed at the wrong identity
+# changes the next digest) and returns its own identity; a sleep gives "z"; a chain returns
+# the list of its nodes' results. What an uncrashed run returns is therefore
+# `expected_result(spec)`, computed from the structure alone.
 
 Chain = list[Any]
 
-step_nodes = st.just(["s"])
+step_nodes = st.sampled_from([["s"], ["s"], ["z"]])
 trees: st.SearchStrategy[Chain] = st.lists(
     st.recursive(
         step_nodes,
@@ -480,6 +481,9 @@ async def run_chain(chain: Chain) -> list[Any]:
     for node in chain:
         if node[0] == "s":
             previous = await tree_step(previous)
+        elif node[0] == "z":
+            await aruntime.sleep(5)
+            previous = "z"
         else:
             previous = await aruntime.gather(*(run_chain(sub) for sub in node[1]))
         results.append(previous)
@@ -499,6 +503,9 @@ def expected_result(chain: Chain, branch: str = "") -> list[Any]:
         if node[0] == "s":
             position += 1
             results.append(f"{branch}.{position}" if branch else str(position))
+        elif node[0] == "z":
+            position += 1
+            results.append("z")
         else:
             subs = []
             for sub in node[1]:
@@ -510,11 +517,16 @@ def expected_result(chain: Chain, branch: str = "") -> list[Any]:
     return results
 
 
-def identities(result: Any) -> list[str]:
-    """Every step identity named in a result of `tree`."""
+def leaves(result: Any) -> list[str]:
+    """Every step identity and "z" (a sleep) in a result of `tree`, in order."""
     if isinstance(result, str):
         return [result]
-    return [i for part in result for i in identities(part)]
+    return [i for part in result for i in leaves(part)]
+
+
+def identities(result: Any) -> list[str]:
+    """Every step identity named in a result of `tree`."""
+    return [leaf for leaf in leaves(result) if leaf != "z"]
 
 
 async def tree_runtime(store: MemoryStore) -> Runtime:
@@ -576,5 +588,6 @@ async def test_branching_workflows_resume_to_the_uncrashed_result(
     assert sorted(completions(events)) == sorted(identities(expected))
     assert sorted(state.steps) == sorted(identities(expected))
     assert all(s.status is StepStatus.COMPLETED for s in state.steps.values())
+    assert len(state.sleeps) == leaves(expected).count("z")
     if crashes == 0:
         assert sorted(entered) == sorted(identities(expected))
