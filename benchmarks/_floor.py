@@ -146,7 +146,10 @@ async def _floor_steps(n: int) -> int:
 async def _step(path: Path, synchronous: str, samples: int) -> float:
     config = SqliteConfig(synchronous=_mode(synchronous))
     _entered.clear()
-    async with aruntime.Runtime(SqliteStore(path, config), workflows=[_floor_steps]) as rt:
+    async with (
+        SqliteStore(path, config) as store,
+        aruntime.Runtime(store, workflows=[_floor_steps]) as rt,
+    ):
         handle = await rt.start(_floor_steps, samples + 1)
         await handle.result()
     gaps = [b - a for a, b in itertools.pairwise(_entered)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,20 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield opened
     finally:
         await opened.aclose()
+
+
+def _store_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("aruntime-sqlite")]
+
+
+@pytest.fixture(autouse=True)
+def _no_store_left_open() -> Iterator[None]:
+    """Fail the test that leaves a SQLite store's threads running, not a later one."""
+    before = set(_store_threads())
+    yield
+    deadline = time.monotonic() + 2.0
+    leaked = [n for n in _store_threads() if n not in before]
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.01)
+        leaked = [n for n in _store_threads() if n not in before]
+    assert not leaked, f"the test left a SQLite store open: threads {leaked} still run"
