@@ -154,7 +154,7 @@ def next_step_action(
         if current.retry_at > now:
             return WaitUntil(current.retry_at)
         return Execute(current.attempts + 1)
-    if current.attempts >= max_attempts:
+    if current.attempts - current.set_aside >= max_attempts:
         return GiveUp(current.attempts)
     return Execute(current.attempts + 1)
 

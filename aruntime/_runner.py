@@ -185,6 +185,7 @@ class Runner:
         "_branches",
         "_cancels_issued",
         "_clock",
+        "_closing",
         "_debug",
         "_delivered",
         "_flush_scheduled",
@@ -244,6 +245,7 @@ class Runner:
         self._reaping = False
         self._reaped = False
         self._workflow_done = False
+        self._closing = False
         self._root: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -268,9 +270,14 @@ class Runner:
         self._root = root
         self._loop = asyncio.get_running_loop()
         token = _context._BRANCH.set(_context.Branch(self, "", root))
-        if state.deadline is not None and state.cancel_reason is None:
-            self._helper(self._watch_deadline(state.deadline))
         try:
+            if state.deadline is not None and state.cancel_reason is None:
+                if deadline_passed(state, self._clock.now()):
+                    # It passed while no runtime ran the run: cancel before any body runs.
+                    await self._append(CancelRequested, reason="timeout")
+                    logger.info("run.cancel_requested", run_id=self.run_id, reason="timeout")
+                else:
+                    self._helper(self._watch_deadline(state.deadline))
             await self._run(args, kwargs)
         except _Abort as abort:  # from the workflow's operations, or from the final append
             raise abort.cause from None
@@ -349,6 +356,18 @@ class Runner:
         if self._abort is not None:
             raise _Abort(self._abort)
 
+    def _refusal(self) -> _Abort:
+        """Why no operation may start: the runner failed, or the runtime is closing."""
+        if self._abort is not None:
+            return _Abort(self._abort)
+        return _Abort(asyncio.CancelledError())
+
+    def shut_down(self) -> None:
+        """The runtime is closing: from now on the workflow starts no operation and the
+        run appends nothing more. Its cancellation, delivered next, is not recorded; what
+        the workflow's cleanup code would do is left to the runtime that resumes the run."""
+        self._closing = True
+
     def _check_no_unvisited_operations(self) -> None:
         state = self.state
         if self._reaped or len(state.steps) + len(state.sleeps) <= len(self._visited):
@@ -375,8 +394,8 @@ class Runner:
 
     def _buffer(self, kind: type[Event], fields: dict[str, Any]) -> None:
         """Number and fold one event and queue it for the store."""
-        if self._abort is not None:
-            raise _Abort(self._abort)
+        if self._abort is not None or self._closing:
+            raise self._refusal()
         state = self.state
         event = kind(sequence=state.version + 1, at=self._clock.now(), **fields)
         fold_into(state, (event,))
@@ -405,12 +424,16 @@ class Runner:
             async with self._lock:
                 await self._flush_locked()
         except _Abort:
-            # Recorded in `_abort`: the run's next operation raises it. Tell the root now,
-            # in case the workflow waits on something that is not an operation.
-            root = self._root
-            if root is not None and not self._workflow_done and not root.done():
-                self._cancels_issued += 1
-                root.cancel()
+            self._stop_root()
+
+    def _stop_root(self) -> None:
+        """The runner failed (`_abort`): the run's next operation raises it. Cancel the
+        root as well, in case the workflow waits on something that is not an operation
+        (a body in flight), so that the run dies and is respawned without waiting."""
+        root = self._root
+        if root is not None and not self._workflow_done and not root.done():
+            self._cancels_issued += 1
+            root.cancel()
 
     async def _flush_locked(self) -> None:
         if self._abort is not None:
@@ -481,25 +504,62 @@ class Runner:
 
     def check_owner(self, branch: Branch, what: str) -> None:
         """Refuse an operation called from a task that does not own `branch`."""
-        if self._abort is not None:
-            raise _Abort(self._abort)
+        if self._abort is not None or self._closing:
+            raise self._refusal()
         if asyncio.current_task() is not branch.task:
             raise self._fail(UntrackedTaskError(self.run_id, what))
 
     # -- cancellation ------------------------------------------------------------------
 
     async def request_cancel(self, reason: str) -> bool:
-        """Record the run's cancellation and deliver it; False if it came too late."""
+        """Record the run's cancellation and deliver it; False if it came too late.
+
+        Raises:
+            StoreError, ConcurrencyError: the store did not take the request. If it did not
+                record it, the run goes on as if nobody had asked; if it cannot tell, the
+                run dies and is respawned from its log, which has the last word.
+        """
         async with self._lock:
             state = self.state
             if state.status.terminal or state.cancel_reason is not None:
                 return False
-            self._buffer(CancelRequested, {"reason": reason})
-            await self._flush_locked()
+            try:
+                await self._flush_locked()  # the outcomes folded before it go first
+                await self._append_unfolded(
+                    CancelRequested(sequence=state.version + 1, at=self._clock.now(), reason=reason)
+                )
+            except _Abort as abort:
+                self._stop_root()
+                raise abort.cause from None
         logger.info("run.cancel_requested", run_id=self.run_id, reason=reason)
-        if not self._workflow_done:
+        if not self._workflow_done and not self._closing:  # else the next runtime delivers it
             self._deliver(asyncio.current_task())
         return True
+
+    async def _append_unfolded(self, event: Event) -> None:
+        """Append `event` and fold it only once the log holds it.
+
+        A store error that leaves it out of the log leaves the runner as it was, and is
+        raised. One that leaves it unknown is settled by reading the log back.
+        """
+        if self._abort is not None:
+            raise _Abort(self._abort)
+        try:
+            await self._store.append(self.run_id, [event], event.sequence - 1)
+        except AruntimeError as exc:
+            try:
+                recorded = await self._store.events_for(self.run_id, event.sequence - 1)
+            except AruntimeError:
+                raise self._fail(exc) from None
+            if not recorded:
+                raise  # nothing was written: the run goes on unchanged
+            if type(recorded[0]) is not type(event):
+                raise self._fail(exc) from None  # another writer: this runner is stale
+        except asyncio.CancelledError:
+            self._fail(AppendInterruptedError(self.run_id))
+            self._stop_root()
+            raise
+        fold_into(self.state, (event,))
 
     def _deliver(self, here: asyncio.Task[Any] | None) -> None:
         """Cancel the root task once, unless the cancellation is raised `here` already."""
@@ -524,7 +584,7 @@ class Runner:
     def _interrupted(self, branch: Branch, position: int) -> None:
         """A CancelledError reached the operation at `position`: record it if it is the
         run's cancellation (not a shutdown, a crash or the end of a branch)."""
-        if self._delivered and not self._reaping and self._abort is None:
+        if self._delivered and not self._reaping and self._abort is None and not self._closing:
             self._append_later(OperationCancelled, position=position, branch=branch.path)
 
     async def _watch_deadline(self, deadline: float) -> None:

@@ -178,8 +178,15 @@ class Supervisor:
         )
 
     def cancel_all(self) -> None:
-        """Cancel every run task and spawn no more."""
+        """Cancel every run task and spawn no more.
+
+        Each runner is told first, so that the workflow's cleanup code, which the
+        cancellation reaches, starts no step and records nothing: closing the runtime is
+        not a cancellation of its runs, which resume where they were next time.
+        """
         self._closing = True
+        for runner in self._runners.values():
+            runner.shut_down()
         for task in self._tasks.values():
             task.cancel()
 
@@ -210,15 +217,10 @@ class Supervisor:
             while True:
                 try:
                     if state is None:
-                        state = replay(await self._store.events_for(run_id))
-                        crash = self._crashes.pop(run_id, None)
-                        if crash is not None:
-                            crash.after.set_result(state.copy())
+                        state = await self._replay(run_id)
                     if state.version == 0:
                         return  # no such run: a start whose append did not commit
-                    runner = self._runner_for(run_id, state, lock, death)
-                    self._runners[run_id] = runner
-                    await runner.run()
+                    await self._run(run_id, state, lock, death)
                     return
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
@@ -234,6 +236,8 @@ class Supervisor:
                         reason = death = exc  # a stray CancelledError from a step body
                 except _PARK_AT_ONCE as exc:
                     self._runners.pop(run_id, None)  # nothing runs while it parks
+                    if self._closing:
+                        return  # the next runtime finds the cause again
                     await self._park(run_id, exc)
                     return
                 except (KeyboardInterrupt, SystemExit):
@@ -244,6 +248,8 @@ class Supervisor:
                     self._runners.pop(run_id, None)
                 state = None
                 lock = asyncio.Lock()
+                if self._closing:
+                    return  # died while the runtime closes: it resumes next time
                 if not await self._may_respawn(run_id, restarts, reason):
                     return
         finally:
@@ -253,6 +259,22 @@ class Supervisor:
                 crash.after.cancel()
             ended = state is not None and state.status.terminal
             self._on_exit(run_id, state if ended else None)
+
+    async def _replay(self, run_id: str) -> RunState:
+        state = replay(await self._store.events_for(run_id))
+        crash = self._crashes.pop(run_id, None)
+        if crash is not None:
+            crash.after.set_result(state.copy())
+        return state
+
+    async def _run(
+        self, run_id: str, state: RunState, lock: asyncio.Lock, death: BaseException | None
+    ) -> None:
+        runner = self._runner_for(run_id, state, lock, death)
+        if self._closing:
+            runner.shut_down()
+        self._runners[run_id] = runner
+        await runner.run()
 
     async def _may_respawn(
         self, run_id: str, restarts: collections.deque[float], reason: BaseException | str

@@ -35,6 +35,7 @@ __all__ = [
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunResumed",
     "RunStarted",
     "SleepStarted",
     "StepCompleted",
@@ -132,6 +133,19 @@ class OperationCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     branch: str = ""
 
 
+class RunResumed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Someone resumed the run after the supervisor had parked it for `reason`.
+
+    The attempts of the steps in flight at that moment were lost to that cause (a body's
+    BaseException, a store outage), not to a crash of the process: from here on they no
+    longer count against the steps' retry limits.
+    """
+
+    sequence: int
+    at: float
+    reason: str
+
+
 class RunCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The workflow returned; `result` is the serialized return value."""
 
@@ -165,6 +179,7 @@ Event: TypeAlias = (
     | SleepStarted
     | CancelRequested
     | OperationCancelled
+    | RunResumed
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -180,6 +195,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SleepStarted,
         CancelRequested,
         OperationCancelled,
+        RunResumed,
         RunCompleted,
         RunFailed,
         RunCancelled,

@@ -35,6 +35,7 @@ from aruntime.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
 )
 from aruntime.serializer import JsonSerializer, Serializer
@@ -338,10 +339,25 @@ class Runtime:
         info = await self.store.get_run(check_run_id(run_id))
         if info is None:
             raise RunNotFoundError(run_id)
+        if info.parked and not info.status.terminal:
+            await self._record_resumed(run_id, info.parked_reason or "")
         if info.parked:
             await self.store.unpark(run_id)
         if not info.status.terminal:
             supervisor.spawn(run_id)
+
+    async def _record_resumed(self, run_id: str, reason: str) -> None:
+        """Append `RunResumed`: the attempts the park cut short no longer count."""
+        while True:
+            state = replay(await self.store.events_for(run_id))
+            if state.status.terminal:
+                return
+            event = RunResumed(sequence=state.version + 1, at=self.clock.now(), reason=reason)
+            try:
+                await self.store.append(run_id, [event], state.version)
+            except ConcurrencyError:
+                continue  # the run moved on meanwhile: look again
+            return
 
     async def cancel(self, run_id: str, *, reason: str | None = None) -> RunStatus:
         """Cancel a run: record the request durably, then deliver it.

@@ -37,6 +37,7 @@ from aruntime.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     SleepStarted,
     StepCompleted,
@@ -101,6 +102,9 @@ class StepState(msgspec.Struct):
     status: StepStatus
     attempts: int
     """How many attempts have started, counted from the log."""
+    set_aside: int = 0
+    """Attempts that do not count against the retry limit: they were in flight when the
+    run was parked, and someone resumed it (`RunResumed`)."""
     branch: str = ""
     position: int = 0
     digest: str = ""
@@ -397,6 +401,13 @@ def _operation_cancelled(state: RunState, event: OperationCancelled) -> None:
     sleep.cancelled = True
 
 
+def _run_resumed(state: RunState, event: RunResumed) -> None:
+    _require_started(state, event)
+    for step in state.steps.values():
+        if step.status is StepStatus.RUNNING:
+            step.set_aside = step.attempts
+
+
 def _run_completed(state: RunState, event: RunCompleted) -> None:
     _require_started(state, event)
     state.status = RunStatus.COMPLETED
@@ -428,6 +439,7 @@ _APPLY: dict[type[Any], Callable[[RunState, Any], None]] = {
     SleepStarted: _sleep_started,
     CancelRequested: _cancel_requested,
     OperationCancelled: _operation_cancelled,
+    RunResumed: _run_resumed,
     RunCompleted: _run_completed,
     RunFailed: _run_failed,
     RunCancelled: _run_cancelled,

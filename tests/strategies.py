@@ -30,6 +30,7 @@ from aruntime.events import (
     Event,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     StepCompleted,
     StepFailed,
@@ -525,6 +526,11 @@ class LogBuilder:
                 retry_at=retry_at,
             )
         )
+        return self
+
+    def resumed(self, reason: str = "restart budget exhausted") -> LogBuilder:
+        seq, at = self._next()
+        self.events.append(RunResumed(sequence=seq, at=at, reason=reason))
         return self
 
     def run_completed(self, result: str = "null") -> LogBuilder:

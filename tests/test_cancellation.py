@@ -33,6 +33,7 @@ from aruntime.events import (
     OperationCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     StepFailed,
 )
 from aruntime.testing import FakeClock, FaultyStore, crash_run
@@ -488,11 +489,6 @@ def fail_cancel_requested(run_id: str, events: Sequence[Event]) -> bool:
     return any(isinstance(e, CancelRequested) for e in events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime.cancel lets the runner's private _Abort (a BaseException) escape when "
-    "the store fails the append of CancelRequested, instead of raising StoreError",
-)
 async def test_cancel_whose_append_fails_raises_store_error() -> None:
     """A store failure while recording the cancellation reaches the caller as StoreError."""
     held.add("reserve")
@@ -510,12 +506,6 @@ async def test_cancel_whose_append_fails_raises_store_error() -> None:
             gate("reserve").set()  # else closing waits for the body (see below)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a runner aborted by a store error turns the shutdown's CancelledError into its "
-    "cause, so the closing runtime's supervisor respawns the run (the body runs again) and "
-    "aclose() waits for it",
-)
 async def test_closing_the_runtime_after_a_failed_cancel_ends_the_run_task() -> None:
     """A runtime closes promptly, running no body again, after a cancel the store refused."""
     held.add("reserve")
@@ -534,12 +524,6 @@ async def test_closing_the_runtime_after_a_failed_cancel_ends_the_run_task() -> 
     assert entered == ["reserve"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the append of CancelRequested commits but reports an error, the runner "
-    "is aborted but nothing stops the body in flight: the run waits for the body to return "
-    "before it dies, respawns and delivers the durable cancellation",
-)
 async def test_cancel_committed_despite_a_store_error_is_delivered_after_recovery() -> None:
     """A CancelRequested that committed though the store raised ends the run CANCELLED,
     without waiting for the body in flight."""
@@ -605,12 +589,6 @@ async def test_closing_the_runtime_records_no_cancellation() -> None:
     assert kinds(await store.events_for("c")) == ["RunStarted", "StepStarted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="closing the runtime delivers CancelledError to the workflow, whose cleanup then "
-    "starts (and records) a compensation step; the next runtime parks the run with "
-    "NonDeterminismError",
-)
 async def test_closing_the_runtime_runs_and_records_no_cleanup_step() -> None:
     """Shutting down mid-step runs no compensation step and leaves a log that resumes."""
     store = MemoryStore()
@@ -689,12 +667,6 @@ async def test_base_exception_from_a_body_parks_the_run_with_its_cause_never_fai
     assert kinds(events) == ["RunStarted", "StepStarted", "StepStarted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run parked after its body's BaseException used up the step's attempts is "
-    "failed as aruntime.AttemptInterrupted ('the process stopped') once resumed: the "
-    "respawned runner no longer knows the real cause",
-)
 async def test_resumed_run_parked_for_a_base_exception_is_not_failed_as_interrupted() -> None:
     """Resuming a run parked for a body's BaseException never fails it as interrupted."""
     async with Runtime(clock=FakeClock(T0, autojump=True), config=SMALL_BUDGET) as rt:
@@ -707,3 +679,44 @@ async def test_resumed_run_parked_for_a_base_exception_is_not_failed_as_interrup
         events = await rt.store.events_for("m")
     recorded = [e.error_type for e in events if isinstance(e, StepFailed | RunFailed)]
     assert "aruntime.AttemptInterrupted" not in recorded
+
+
+@step(retry=RetryPolicy(max_attempts=2))
+async def melts_down_until_fixed() -> str:
+    entered.append(f"attempt {current_step().attempt}")
+    if "fixed" not in held:
+        raise Meltdown("reactor core")
+    return "cool"
+
+
+@workflow
+async def meltdown_until_fixed() -> str:
+    return await melts_down_until_fixed()
+
+
+async def test_resume_in_a_new_runtime_gives_the_step_its_attempts_again() -> None:
+    """A run parked for a body's BaseException, resumed by a later runtime once the body
+    is fixed, runs the step again and completes: its log says the lost attempts were set
+    aside (RunResumed), so no runtime mistakes them for crashes."""
+    store = MemoryStore()
+    async with Runtime(store, clock=FakeClock(T0, autojump=True), config=SMALL_BUDGET) as rt:
+        with pytest.raises(RunParkedError):
+            await (await start(rt, meltdown_until_fixed, run_id="m")).result()
+    held.add("fixed")
+    async with Runtime(store, clock=FakeClock(T0, autojump=True)) as again:
+        await again.resume("m")
+        assert await again.handle("m").result() == "cool"
+    events = await store.events_for("m")
+    assert entered == ["attempt 1", "attempt 2", "attempt 3"]
+    assert kinds(events) == [
+        "RunStarted",
+        "StepStarted",
+        "StepStarted",
+        "RunResumed",
+        "StepStarted",
+        "StepCompleted",
+        "RunCompleted",
+    ]
+    resumed = events[3]
+    assert isinstance(resumed, RunResumed)
+    assert "Meltdown: reactor core" in resumed.reason

@@ -122,6 +122,21 @@ def test_running_step_above_limit_gives_up() -> None:
     assert next_action(state, 1, "fetch", 2) == GiveUp(3)
 
 
+def test_resume_sets_aside_the_attempts_in_flight_when_the_run_was_parked() -> None:
+    """After RunResumed the attempts lost before the park no longer count: the step gets
+    a full set of attempts again, numbered on from the log's."""
+    b = _started().started().started(attempt=2).resumed()
+    assert next_action(_state(b), 1, "fetch", 2) == Execute(3)
+    b.started(attempt=3).started(attempt=4)
+    assert next_action(_state(b), 1, "fetch", 2) == GiveUp(4)
+
+
+def test_resume_leaves_a_retrying_step_its_failures() -> None:
+    """Only attempts in flight are set aside: recorded failures still count."""
+    b = _started().started().failed(retry_at=3.5).resumed().started(attempt=2)
+    assert next_action(_state(b), 1, "fetch", 2) == GiveUp(2)
+
+
 def test_crash_loop_cannot_exceed_the_attempt_limit() -> None:
     """Crashing during every attempt ends in GiveUp after exactly max_attempts starts."""
     b = _started()

@@ -641,11 +641,6 @@ def test_deadline_holds_across_kill(after_deadline: bool, tmp_path: Path) -> Non
     assert not bodies(entries, "after")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run resumed after its deadline starts a new attempt of the step in flight "
-    "(StepStarted attempt 2, body entered) before the deadline watcher cancels it",
-)
 def test_deadline_passed_while_down_runs_no_body_again(tmp_path: Path) -> None:
     """Killed in a step, a run whose deadline passed while no process ran it is cancelled
     at that step on restart; the step's body does not run again after the deadline."""

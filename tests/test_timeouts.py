@@ -257,11 +257,6 @@ async def test_deadline_passed_while_no_runtime_ran_cancels_the_run_at_once(
     assert info_after.status is RunStatus.CANCELLED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run resumed after its deadline starts a new attempt of the step in flight "
-    "(StepStarted attempt 2, body entered) before the deadline watcher cancels it",
-)
 async def test_deadline_passed_while_no_runtime_ran_starts_no_new_attempt(
     store: EventStore,
 ) -> None:
