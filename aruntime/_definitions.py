@@ -14,7 +14,15 @@ from aruntime import _context
 from aruntime.errors import ConfigError
 from aruntime.retry import RetryPolicy
 
-__all__ = ["Step", "Workflow", "registered_workflows", "sequence", "step", "workflow"]
+__all__ = [
+    "Step",
+    "Workflow",
+    "check_timeout",
+    "registered_workflows",
+    "sequence",
+    "step",
+    "workflow",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -158,6 +166,24 @@ class Workflow(Generic[P, R]):
         return f"<aruntime workflow {self.name!r}>"
 
 
+def check_timeout(timeout: object) -> float | None:
+    """A step's or a run's timeout: None, or a finite number of seconds > 0 (not a bool).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and timeout > 0
+    ):
+        return float(timeout)
+    raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+
+
 @overload
 def step(fn: Callable[P, Awaitable[R]], /) -> Step[P, R]: ...
 @overload
@@ -189,10 +215,7 @@ def step(
     """
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ConfigError(f"retry must be a RetryPolicy, got {retry!r}")
-    if timeout is not None and not (
-        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
-    ):
-        raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    check_timeout(timeout)
 
     def decorate(f: Callable[P, Awaitable[R]]) -> Step[P, R]:
         _check_coroutine_function(f, "step")

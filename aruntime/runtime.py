@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random as _random
 import uuid
 from collections.abc import Callable, Iterable
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from aruntime._definitions import Workflow, lookup_workflow
+from aruntime._definitions import Workflow, check_timeout, lookup_workflow
 from aruntime._log import logger
 from aruntime._runner import convert_result, decode_args, encode_args
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
@@ -255,10 +254,7 @@ class Runtime:
             raise ConfigError(
                 f"workflow {workflow.name!r} is not the one this runtime runs under that name"
             )
-        if timeout is not None and not (
-            isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
-        ):
-            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        check_timeout(timeout)
         encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
         now = self.clock.now()
         event = RunStarted(

@@ -180,9 +180,9 @@ def test_step_timeout_is_a_timeout_error() -> None:
     assert issubclass(StepTimeout, TimeoutError)
 
 
-@pytest.mark.parametrize("timeout", [0, -1, math.nan, math.inf, "1"])
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, math.inf, "1", True])
 def test_invalid_step_timeout_is_a_config_error(timeout: Any) -> None:
-    """@step(timeout=...) refuses zero, negative, NaN, infinite and non-number timeouts."""
+    """@step(timeout=...) refuses zero, negative, NaN, infinite, bool and non-number timeouts."""
     with pytest.raises(ConfigError):
         step(timeout=timeout)
 
@@ -294,9 +294,9 @@ async def test_deadline_holds_across_a_restart_before_it_passed(store: EventStor
             await second.handle("d").result()
 
 
-@pytest.mark.parametrize("seconds", [0, -5, math.nan, math.inf, "30"])
+@pytest.mark.parametrize("seconds", [0, -5, math.nan, math.inf, "30", True])
 async def test_invalid_run_timeout_is_a_config_error_and_records_nothing(seconds: Any) -> None:
-    """start(..., timeout=...) refuses zero, negative, NaN, infinite and non-number values."""
+    """start(..., timeout=...) refuses zero, negative, NaN, infinite, bool and non-number values."""
     async with Runtime(clock=FakeClock(T0)) as rt:
         with pytest.raises(ConfigError):
             await start_with_timeout(rt, quick, run_id="d", seconds=seconds)
