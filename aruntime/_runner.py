@@ -654,11 +654,7 @@ class Runner:
             elif kind is WaitUntil:
                 async with self._lock:  # the failure is durable before a long wait
                     await self._flush_locked()
-                try:
-                    await clock.sleep(action.at - clock.now())  # type: ignore[union-attr]
-                except asyncio.CancelledError:
-                    self._interrupted(branch, position)
-                    raise
+                await self._wait_until(branch, position, action.at)  # type: ignore[union-attr]
             elif kind is Raise:
                 assert isinstance(action, Raise)
                 raise StepFailedError(
@@ -689,14 +685,7 @@ class Runner:
                 )
             else:
                 assert isinstance(action, Mismatch)
-                raise self._fail(
-                    NonDeterminismError(
-                        run_id=self.run_id,
-                        identity=identity,
-                        recorded=action.recorded,
-                        requested=action.requested,
-                    )
-                )
+                raise self._mismatch(identity, action)
 
     async def _attempt(
         self,
@@ -837,23 +826,31 @@ class Runner:
                 if self._debug:
                     logger.debug("sleep.started", run_id=self.run_id, wake_at=wake_at)
             elif kind is WaitUntil:
-                try:
-                    await clock.sleep(action.at - clock.now())  # type: ignore[union-attr]
-                except asyncio.CancelledError:
-                    self._interrupted(branch, position)
-                    raise
+                await self._wait_until(branch, position, action.at)  # type: ignore[union-attr]
             elif kind is Cancel:
                 await self._cancelled_at(branch, position, action.record)  # type: ignore[union-attr]
             else:
                 assert isinstance(action, Mismatch)
-                raise self._fail(
-                    NonDeterminismError(
-                        run_id=self.run_id,
-                        identity=identity,
-                        recorded=action.recorded,
-                        requested=action.requested,
-                    )
-                )
+                raise self._mismatch(identity, action)
+
+    async def _wait_until(self, branch: Branch, position: int, at: float) -> None:
+        """Wait for a due time of the operation at `position` (a retry, a wake-up)."""
+        clock = self._clock
+        try:
+            await clock.sleep(at - clock.now())
+        except asyncio.CancelledError:
+            self._interrupted(branch, position)
+            raise
+
+    def _mismatch(self, identity: str, action: Mismatch) -> _Abort:
+        return self._fail(
+            NonDeterminismError(
+                run_id=self.run_id,
+                identity=identity,
+                recorded=action.recorded,
+                requested=action.requested,
+            )
+        )
 
     def now(self) -> float:
         return self._clock.now()
