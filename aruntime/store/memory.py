@@ -111,8 +111,12 @@ class MemoryStore:
                 row = self._rows[run_id] = _Row(first.workflow, first.at)
             row.log.extend(events)
             row.checksums.extend(checksums)
-            row.status = status_after(row.status, events)
-        self._changes.bump()
+            status = row.status
+            row.status = status_after(status, events)
+        if expected_sequence == 0 or row.status is not status:
+            # What waiters wait for: a new run, a run's end. A step's progress wakes nobody,
+            # which keeps the in-memory hot path free of wake-ups.
+            self._changes.bump()
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
         row = self._rows.get(run_id)
