@@ -247,8 +247,10 @@ class Client:
     ) -> None:
         self._require_open()
         check_run_id(run_id)
-        if await self.store.get_run(run_id) is None and not await self._pending(
-            run_id, RequestKind.START
+        if (
+            await self.store.get_run(run_id) is None
+            and not await self._pending(run_id, RequestKind.START)
+            and await self.store.get_run(run_id) is None  # applied between the two reads
         ):
             raise RunNotFoundError(run_id)
         await self.store.post(Request(kind=kind, run_id=run_id, at=self.clock.now(), reason=reason))
@@ -309,7 +311,11 @@ class ClientHandle(Generic[R]):
                 if info.parked and not await client._pending(self.run_id, RequestKind.RESUME):
                     raise RunParkedError(self.run_id, info.parked_reason or "")
             elif not await client._pending(self.run_id, RequestKind.START):
-                raise RunNotFoundError(self.run_id)
+                # The start may have been applied between the two reads: a start is
+                # consumed in the transaction that records the run, so read once more.
+                if await store.get_run(self.run_id) is None:
+                    raise RunNotFoundError(self.run_id)
+                continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"run {self.run_id!r} has not ended after {timeout}s")
