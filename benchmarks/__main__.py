@@ -449,13 +449,15 @@ class Suite:
                 repeats,
             )
         }
-        return self._report(
+        rep = self._report(
             "wakeup",
             workload=workload,
             repeat=repeat,
             blocks=blocks,
             figures=report.FIGURES["wakeup"],
         )
+        rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
+        return rep
 
     # -- sleep ------------------------------------------------------------------------
 
