@@ -22,6 +22,8 @@ from aruntime._ops import gather as gather
 from aruntime._ops import sleep as sleep
 from aruntime._ops import sleep_until as sleep_until
 from aruntime._supervisor import RestartBudget as RestartBudget
+from aruntime.client import Client as Client
+from aruntime.client import ClientHandle as ClientHandle
 from aruntime.clock import Clock as Clock
 from aruntime.clock import SystemClock as SystemClock
 from aruntime.errors import AruntimeError as AruntimeError
@@ -32,6 +34,7 @@ from aruntime.errors import InvalidRunIdError as InvalidRunIdError
 from aruntime.errors import NonDeterminismError as NonDeterminismError
 from aruntime.errors import NonRetryableError as NonRetryableError
 from aruntime.errors import RetryAfter as RetryAfter
+from aruntime.errors import RunActiveError as RunActiveError
 from aruntime.errors import RunCancelledError as RunCancelledError
 from aruntime.errors import RunFailedError as RunFailedError
 from aruntime.errors import RunIdConflictError as RunIdConflictError
@@ -62,6 +65,8 @@ from aruntime.store import open_store as open_store
 
 __all__ = [
     "AruntimeError",
+    "Client",
+    "ClientHandle",
     "Clock",
     "ConcurrencyError",
     "ConfigError",
@@ -75,6 +80,7 @@ __all__ = [
     "RestartBudget",
     "RetryAfter",
     "RetryPolicy",
+    "RunActiveError",
     "RunCancelledError",
     "RunContext",
     "RunFailedError",

@@ -3,6 +3,9 @@
     aruntime demo [--runs N] [--steps N] [--seed N] [--db PATH | --store memory]
     aruntime runs list [--status running|completed|failed|parked] [--db PATH] [--json]
     aruntime runs show RUN_ID [--db PATH] [--json]
+    aruntime runs cancel|resume|delete|wait RUN_ID [--db PATH]     (see _cli_runs)
+    aruntime runs prune --older-than 7d [--status completed] [--db PATH]
+    aruntime worker --db URL --import pkg.module [--grace SECONDS]  (see _cli_worker)
 
 The `runs` commands read the database that `--db` names, or else `$ARUNTIME_DB`; there is
 no default, so that they never read some other file than the one meant. They only read:
@@ -34,10 +37,12 @@ from typing import Any
 import msgspec
 import structlog
 
+from aruntime._cli_runs import add_runs_commands
+from aruntime._cli_worker import add_worker_command
 from aruntime.errors import AruntimeError, ConfigError
 from aruntime.events import Event, StepFailed, op_identity
 from aruntime.state import RunState, RunStatus, replay
-from aruntime.store import EventStore, RunInfo
+from aruntime.store import EventStore, OwnerInfo, RunInfo
 
 __all__ = ["configure_logging", "main", "run"]
 
@@ -137,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_runs_list)
     show.set_defaults(handler=_runs_show)
+    add_runs_commands(
+        runs_commands,
+        common,
+        f"a file, or a URL sqlite:///path.db (default: ${DB_VARIABLE}; none if unset)",
+    )
+    add_worker_command(commands, common)
     return parser
 
 
@@ -269,6 +280,7 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
         infos = await store.list_runs(status=RunStatus(status))
     else:
         infos = await store.list_runs()
+    owner = await store.owner_info()
     if args.json:
         print(json.dumps([_info_json(i) for i in infos], indent=2))
         return 0
@@ -279,7 +291,7 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
         (
             i.run_id,
             i.workflow,
-            _status(i),
+            _status(i, owner),
             str(i.version),
             _local(i.created_at),
             _local(i.updated_at),
@@ -394,8 +406,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
         print(indent + "  ".join(cells).rstrip())
 
 
-def _status(info: RunInfo) -> str:
-    return f"parked ({info.status.value})" if info.parked else info.status.value
+def _status(info: RunInfo, owner: OwnerInfo | None = None) -> str:
+    if info.parked:
+        return f"parked ({info.status.value})"
+    if (
+        info.status is RunStatus.RUNNING
+        and owner is not None
+        and info.workflow not in owner.workflows
+    ):
+        return "waiting for a runtime that knows its workflow"
+    return info.status.value
 
 
 def _cut(text: str, limit: int = 60) -> str:

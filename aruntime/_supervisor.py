@@ -13,11 +13,13 @@ store's index with the reason, visible in `runs list`, and left alone until
 refuses is tried again, backing off, for as long as it takes: the run stays with its task
 meanwhile, never unfinished with nobody running it.
 Some failures are not worth a retry and park at once: `NonDeterminismError`,
-`UnknownWorkflowError`, `CorruptLogError`, `SerializationError` of the recorded data,
-`UntrackedTaskError`. A respawned runner learns why its predecessor died: attempts of a
-step lost to deaths this process saw (a BaseException from a body, a store outage) never
-end the step failed as if the process had crashed; the run is respawned and, if it keeps
-dying, parked with the real cause.
+`CorruptLogError`, `SerializationError` of the recorded data, `UntrackedTaskError`. A run
+whose workflow this runtime does not know is not a failure: its task ends and the run is
+left as it is, for a runtime that knows the workflow.
+A respawned runner learns why its predecessor died: attempts of a step lost to deaths
+this process saw (a BaseException from a body, a store outage) never end the step failed
+as if the process had crashed; the run is respawned and, if it keeps dying, parked with
+the real cause.
 A `ConcurrencyError` stops the stale runner like any other death: the respawned one
 replays the log as it now is, so a run is never silently dropped; a run that keeps
 conflicting (two runtimes writing one store at once) ends parked with the reason.
@@ -58,7 +60,6 @@ __all__ = ["RestartBudget", "Supervisor"]
 
 _PARK_AT_ONCE = (
     NonDeterminismError,
-    UnknownWorkflowError,
     CorruptLogError,
     SerializationError,
     UntrackedTaskError,
@@ -234,6 +235,11 @@ class Supervisor:
                         raise  # the runtime is shutting down: record nothing
                     else:
                         reason = death = exc  # a stray CancelledError from a step body
+                except UnknownWorkflowError as exc:  # left for a runtime that knows it
+                    logger.info(
+                        "run.left_for_another_runtime", run_id=run_id, workflow=exc.workflow
+                    )
+                    return
                 except _PARK_AT_ONCE as exc:
                     self._runners.pop(run_id, None)  # nothing runs while it parks
                     if self._closing:

@@ -8,6 +8,7 @@ The whole tree::
     ├── SerializationError          an argument or result the serializer cannot encode/decode
     ├── RunIdConflictError          a run id reused with another workflow or other arguments
     ├── RunNotFoundError            no run with that id in the store
+    ├── RunActiveError              removing a run that has not ended
     ├── UnknownWorkflowError        the log names a workflow this runtime does not know
     ├── RunFailedError              `RunHandle.result()` of a run that ended failed
     ├── RunParkedError              `RunHandle.result()` of a run parked by the supervisor
@@ -45,6 +46,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "RetryAfter",
+    "RunActiveError",
     "RunCancelledError",
     "RunFailedError",
     "RunIdConflictError",
@@ -57,6 +59,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreLockedError",
+    "StoreNotOwnerError",
     "StoreReadOnlyError",
     "StoreVersionError",
     "UnknownWorkflowError",
@@ -110,6 +113,18 @@ class RunNotFoundError(AruntimeError, LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run {run_id!r} in the store")
+
+
+class RunActiveError(AruntimeError):
+    """A run that has not ended cannot be removed; cancel it first, or wait for its end."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(
+            f"run {run_id!r} has not ended (it is {status}); only completed, failed or "
+            "cancelled runs can be deleted: cancel it first, or wait for its end"
+        )
 
 
 class UnknownWorkflowError(AruntimeError):
@@ -303,6 +318,15 @@ class StoreCorruptError(StoreError):
 
 class StoreVersionError(StoreError):
     """The database was written by a newer aruntime than this one."""
+
+
+class StoreNotOwnerError(StoreError):
+    """A write that only the store's owner makes, asked of a store opened without owning it.
+
+    A `Client` (a store opened with `owner=False`) reads runs and posts requests to the
+    inbox; appending to logs, parking and applying requests belong to the `Runtime` that
+    owns the store.
+    """
 
 
 class RetryAfter(Exception):  # noqa: N818 - a request to the runtime, not an error

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random as _random
 import uuid
 from collections.abc import Callable, Iterable
@@ -11,7 +13,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from aruntime._definitions import Workflow, check_timeout, lookup_workflow
+from aruntime._definitions import Workflow, check_timeout, lookup_workflow, registered_workflows
+from aruntime._inbox import Inbox
 from aruntime._log import logger
 from aruntime._runner import convert_result, decode_args, encode_args
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
@@ -39,7 +42,7 @@ from aruntime.events import (
 )
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
-from aruntime.store import EventStore, MemoryStore, RunInfo, open_store
+from aruntime.store import EventStore, MemoryStore, OwnerInfo, RunInfo, open_store
 
 __all__ = ["MAX_RUN_ID_LENGTH", "RunHandle", "Runtime", "RuntimeConfig"]
 
@@ -94,15 +97,20 @@ class Runtime:
             handle = await rt.start(checkout, "o-42", run_id="order-42")
             print(await handle.result())
 
-    On entry the runtime opens its store and resumes every unfinished run in it; on exit
-    it cancels its run tasks (nothing is recorded for them: they resume next time) and
-    closes the store if it opened it from a URL.
+    On entry the runtime opens its store, resumes every unfinished run in it whose
+    workflow it knows and starts applying the requests that clients post to the store's
+    inbox; on exit it cancels its run tasks (nothing is recorded for them: they resume
+    next time) and closes the store if it opened it from a URL. A run of a workflow it
+    does not know is left alone, for a runtime that knows it: never parked, never failed.
+
+    A runtime owns its store: one at a time per SQLite file. Other processes (a web
+    server, an admin script) use `aruntime.Client` beside it.
 
     Args:
         store: a store object, a URL (`memory://`, `sqlite:///path.db`), or None for a
             fresh in-memory store. A store object is opened but not closed by the runtime.
-        workflows: the workflows this runtime may run; default, every `@workflow` declared
-            in the process.
+        workflows: the workflows this runtime runs; default, every `@workflow` declared in
+            the process.
         clock: where time comes from (tests pass a fake one).
         serializer: how arguments and results become text (default: strict JSON).
         random: uniform [0, 1) source for retry jitter.
@@ -143,12 +151,20 @@ class Runtime:
         self._supervisor: Supervisor | None = None
         self._waiters: dict[str, list[asyncio.Future[RunState | None]]] = {}
         self._closed = False
+        self._inbox_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
         if self._group is not None or self._closed:
             raise ConfigError("a Runtime can be entered once")
+        if not self.store.owner:
+            raise ConfigError(
+                "a Runtime executes runs and must own its store, and this one is opened "
+                "read-only or as a client's (mode=ro, read_only or owner=False); to read runs, "
+                "wait for results or send start, cancel and resume requests from this "
+                "process, use aruntime.Client(url)"
+            )
         await self.store.open()
         group = asyncio.TaskGroup()
         await group.__aenter__()
@@ -164,8 +180,20 @@ class Runtime:
             on_exit=self._run_exited,
         )
         try:
+            await self.store.set_owner_info(
+                OwnerInfo(pid=os.getpid(), workflows=tuple(sorted(self._known_workflows())))
+            )
             if self.config.resume_on_start:
                 await self._resume_unfinished()
+            inbox = Inbox(
+                store=self.store,
+                clock=self.clock,
+                supervisor=self._supervisor,
+                find_workflow=self._find_workflow,
+                cancel=lambda run_id, reason: self.cancel(run_id, reason=reason),
+                resume=self.resume,
+            )
+            self._inbox_task = group.create_task(inbox.serve(), name="aruntime inbox")
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -183,6 +211,8 @@ class Runtime:
         self._closed = True
         assert self._supervisor is not None
         self._supervisor.cancel_all()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
         try:
             if exc is None or isinstance(exc, asyncio.CancelledError):
                 await group.__aexit__(exc_type, exc, tb)
@@ -196,6 +226,8 @@ class Runtime:
                     if not waiter.done():
                         waiter.cancel()
             self._waiters.clear()
+            with contextlib.suppress(Exception):  # best effort: readers check the pid too
+                await self.store.set_owner_info(None)
             if self._owns_store:
                 await self.store.aclose()
 
@@ -214,10 +246,17 @@ class Runtime:
     async def _resume_unfinished(self) -> None:
         supervisor = self._require_supervisor()
         infos = await self.store.list_runs(status=RunStatus.RUNNING, parked=False)
-        for info in infos:
+        resumed = [info for info in infos if self._find_workflow(info.workflow) is not None]
+        for info in resumed:
             supervisor.spawn(info.run_id)
-        if infos:
-            logger.info("runtime.resumed", runs=len(infos))
+        if resumed:
+            logger.info("runtime.resumed", runs=len(resumed))
+        if len(resumed) < len(infos):
+            logger.info(
+                "runtime.left_for_another_runtime",
+                runs=len(infos) - len(resumed),
+                workflows=sorted({i.workflow for i in infos} - {i.workflow for i in resumed}),
+            )
 
     # -- starting and finding runs ---------------------------------------------------
 
@@ -339,7 +378,7 @@ class Runtime:
             await self._record_resumed(run_id, info.parked_reason or "")
         if info.parked:
             await self.store.unpark(run_id)
-        if not info.status.terminal:
+        if not info.status.terminal and self._find_workflow(info.workflow) is not None:
             supervisor.spawn(run_id)
 
     async def _record_resumed(self, run_id: str, reason: str) -> None:
@@ -418,6 +457,11 @@ class Runtime:
         if self._supervisor is None or self._group is None:
             raise ConfigError("use the Runtime inside `async with Runtime(...) as rt:`")
         return self._supervisor
+
+    def _known_workflows(self) -> list[str]:
+        if self._workflows is not None:
+            return list(self._workflows)
+        return list(registered_workflows())
 
     def _find_workflow(self, name: str) -> Workflow[..., Any] | None:
         if self._workflows is not None:

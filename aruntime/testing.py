@@ -20,9 +20,9 @@ from aruntime.errors import StoreError
 from aruntime.events import Event
 from aruntime.runtime import Runtime
 from aruntime.state import RunState, RunStatus
-from aruntime.store import EventStore, RunInfo
+from aruntime.store import EventStore, OwnerInfo, Request, RunInfo
 
-__all__ = ["FakeClock", "FaultyStore", "crash_run"]
+__all__ = ["FakeClock", "FaultyStore", "StoreWrapper", "crash_run"]
 
 _T = TypeVar("_T")
 
@@ -94,7 +94,90 @@ async def crash_run(runtime: Runtime, run_id: str) -> tuple[RunState, RunState]:
     return await runtime._require_supervisor().crash(run_id)
 
 
-class FaultyStore:
+class StoreWrapper:
+    """A store that hands every call to `inner`: subclass it to watch or break some calls."""
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+
+    @property
+    def owner(self) -> bool:
+        return self.inner.owner
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
+        await self.inner.append(run_id, events, expected_sequence)
+
+    async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
+        return await self.inner.events_for(run_id, after)
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        return await self.inner.get_run(run_id)
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunInfo]:
+        return await self.inner.get_runs(run_ids)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        parked: bool | None = None,
+        limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+    ) -> list[RunInfo]:
+        return await self.inner.list_runs(
+            status=status, parked=parked, limit=limit, workflow=workflow, since=since
+        )
+
+    async def park(self, run_id: str, reason: str) -> None:
+        await self.inner.park(run_id, reason)
+
+    async def unpark(self, run_id: str) -> None:
+        await self.inner.unpark(run_id)
+
+    async def post(self, request: Request) -> int:
+        return await self.inner.post(request)
+
+    async def pending(
+        self, *, run_id: str | None = None, limit: int | None = None
+    ) -> list[Request]:
+        return await self.inner.pending(run_id=run_id, limit=limit)
+
+    async def consume(
+        self,
+        request_id: int,
+        run_id: str | None = None,
+        events: Sequence[Event] = (),
+        expected_sequence: int = 0,
+    ) -> None:
+        await self.inner.consume(request_id, run_id, events, expected_sequence)
+
+    async def delete_run(self, run_id: str) -> None:
+        await self.inner.delete_run(run_id)
+
+    async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
+        return await self.inner.prune(older_than=older_than, status=status)
+
+    async def set_owner_info(self, info: OwnerInfo | None) -> None:
+        await self.inner.set_owner_info(info)
+
+    async def owner_info(self) -> OwnerInfo | None:
+        return await self.inner.owner_info()
+
+    def change_counter(self) -> int:
+        return self.inner.change_counter()
+
+    async def wait_changed(self, since: int, timeout: float | None = None) -> int:  # noqa: ASYNC109 - a bounded wait is the method's purpose
+        return await self.inner.wait_changed(since, timeout)
+
+
+class FaultyStore(StoreWrapper):
     """Wraps a store and makes chosen calls fail, for fault-injection tests.
 
     Every call is counted from 1 across the store (`operations`); a call fails with
@@ -102,7 +185,8 @@ class FaultyStore:
     among the appends is in `fail_appends` or `fail_append(run_id, events)` says so.
     With `ambiguous=True` a failing call first takes effect and then raises, as a commit
     whose acknowledgement is lost: the caller cannot tell that its append is durable.
-    `failed` names the calls that failed, in order.
+    `failed` names the calls that failed, in order. The inbox, the removal of runs and
+    the change counter pass through uncounted.
 
     Example:
         store = FaultyStore(MemoryStore(), fail_operations=range(5, 15))   # an outage
@@ -118,7 +202,7 @@ class FaultyStore:
         ambiguous: bool = False,
         error: Callable[[], BaseException] = lambda: StoreError("injected store fault"),
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.operations = 0
         self.appends = 0
         self.failed: list[str] = []
@@ -164,9 +248,14 @@ class FaultyStore:
         status: RunStatus | None = None,
         parked: bool | None = None,
         limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[RunInfo]:
         return await self._call(
-            "list_runs", lambda: self.inner.list_runs(status=status, parked=parked, limit=limit)
+            "list_runs",
+            lambda: self.inner.list_runs(
+                status=status, parked=parked, limit=limit, workflow=workflow, since=since
+            ),
         )
 
     async def park(self, run_id: str, reason: str) -> None:

@@ -34,14 +34,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _floor, _recovery, _replay, _scale, _sleep, report
+from benchmarks import _floor, _recovery, _replay, _scale, _sleep, _wakeup, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
 
-NAMES = ("throughput", "latency", "recovery", "retry", "scale", "sleep", "replay", "floor")
+NAMES = (
+    "throughput",
+    "latency",
+    "recovery",
+    "retry",
+    "scale",
+    "sleep",
+    "replay",
+    "floor",
+    "wakeup",
+)
 CHARTED = ("throughput", "latency")
 AGAINST = ("throughput", "latency", "retry")
 """The workloads `--against` runs (the closed-loop ones)."""
@@ -420,6 +430,35 @@ class Suite:
             rep["notes"].append("the memory store keeps every log in memory: counted per run")
         return rep
 
+    # -- wakeup -----------------------------------------------------------------------
+
+    def wakeup(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["wakeup"].resized(runs=args.n)
+        repeat = args.repeat or workload.default_repeat
+        repeats: list[dict[str, float]] = []
+        with self.progress("wakeup", repeat) as progress:
+            for r in range(repeat):
+                repeats.append(_wakeup.measure(workload.runs, workdir=self.workdir / f"wakeup-{r}"))
+                self.settle()
+                progress.update()
+        blocks: dict[str, dict[str, Any]] = {
+            "aruntime": report.side_block(
+                self.aruntime.version(),
+                {"store": "sqlite", "synchronous": "FULL", "processes": "owner + client"},
+                repeats,
+            )
+        }
+        rep = self._report(
+            "wakeup",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["wakeup"],
+        )
+        rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
+        return rep
+
     # -- sleep ------------------------------------------------------------------------
 
     def sleep(self) -> dict[str, Any]:
@@ -628,6 +667,9 @@ class Suite:
             figures = report.FIGURES[name]
         elif name == "sleep":
             rep = self.sleep()
+            figures = report.FIGURES[name]
+        elif name == "wakeup":
+            rep = self.wakeup()
             figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()

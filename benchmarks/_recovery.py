@@ -39,6 +39,7 @@ import aruntime  # noqa: E402 - imported after the first timestamp on purpose
 from aruntime import EventStore, RunStatus, Runtime, replay  # noqa: E402
 from aruntime.events import Event, StepCompleted, StepStarted  # noqa: E402
 from aruntime.store import RunInfo, open_store  # noqa: E402
+from aruntime.testing import StoreWrapper  # noqa: E402
 from benchmarks._aruntime_side import StoreSpec, build_workflow  # noqa: E402
 from benchmarks._harness import REPO, Progress, child_command, configure_logging  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Probe, Workload, run_id  # noqa: E402
@@ -46,21 +47,15 @@ from benchmarks.workloads import WORKLOADS, Probe, Workload, run_id  # noqa: E40
 __all__ = ["measure"]
 
 
-class _Watch:
+class _Watch(StoreWrapper):
     """A store wrapper that notes each run's first append; everything else passes through."""
 
     def __init__(self, inner: EventStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.first_append: dict[str, float] = {}
         self.unfinished: list[str] | None = None
         self.all_resumed = asyncio.Event()
         self._pending: set[str] = set()
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
     async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
         await self.inner.append(run_id, events, expected_sequence)
@@ -72,32 +67,24 @@ class _Watch:
                 if not pending:
                     self.all_resumed.set()
 
-    async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
-        return await self.inner.events_for(run_id, after)
-
-    async def get_run(self, run_id: str) -> RunInfo | None:
-        return await self.inner.get_run(run_id)
-
     async def list_runs(
         self,
         *,
         status: RunStatus | None = None,
         parked: bool | None = None,
         limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[RunInfo]:
-        infos = await self.inner.list_runs(status=status, parked=parked, limit=limit)
+        infos = await self.inner.list_runs(
+            status=status, parked=parked, limit=limit, workflow=workflow, since=since
+        )
         if self.unfinished is None and status is RunStatus.RUNNING:
             self.unfinished = [info.run_id for info in infos]
             self._pending = {r for r in self.unfinished if r not in self.first_append}
             if not self._pending:
                 self.all_resumed.set()
         return infos
-
-    async def park(self, run_id: str, reason: str) -> None:
-        await self.inner.park(run_id, reason)
-
-    async def unpark(self, run_id: str) -> None:
-        await self.inner.unpark(run_id)
 
 
 def _workload(runs: int, steps: int) -> Workload:

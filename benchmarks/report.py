@@ -98,6 +98,14 @@ FIGURES: dict[str, list[Figure]] = {
         _f("traced_bytes_per_run", "traced bytes/run", better="lower"),
         _f("seconds_to_sleep_all", "s to put all asleep", "{:,.2f}", "lower"),
     ],
+    "wakeup": [
+        _f("result_p50_ms", "result seen p50 ms", "{:,.2f}", "lower"),
+        _f("result_p99_ms", "result seen p99 ms", "{:,.2f}", "lower"),
+        _f("start_pickup_p50_ms", "start picked up p50 ms", "{:,.2f}", "lower"),
+        _f("start_pickup_p99_ms", "start picked up p99 ms", "{:,.2f}", "lower"),
+        _f("cancel_pickup_p50_ms", "cancel picked up p50 ms", "{:,.2f}", "lower"),
+        _f("cancel_pickup_p99_ms", "cancel picked up p99 ms", "{:,.2f}", "lower"),
+    ],
     "recovery": [
         _f("unfinished_at_start", "runs unfinished"),
         _f("steps_completed_before_kill", "steps done at kill"),
@@ -162,6 +170,9 @@ def targets(workload: str, store: str) -> dict[str, tuple[str, float]]:
         found["traced_bytes_per_run"] = ("<=", 10_240)
     elif workload == "replay":
         found["fold_100000_events_per_s"] = (">=", 500_000)
+    elif workload == "wakeup":
+        for name in ("result", "start_pickup", "cancel_pickup"):
+            found[f"{name}_p99_ms"] = ("<=", 50)
     return found
 
 

@@ -183,6 +183,18 @@ WORKLOADS: dict[str, Workload] = {
             concurrency=10_000,
             default_repeat=3,
         ),
+        Workload(
+            name="wakeup",
+            description=(
+                "an owner runtime in one process, a Client in another: N runs started "
+                "from the client one at a time, each waited for there, then N cancels"
+            ),
+            runs=200,
+            steps=1,
+            concurrency=1,
+            default_repeat=3,
+            needs_durable_store=True,
+        ),
     )
 }
 """Every closed-loop workload by name; `replay` is separate (`ReplaySpec`)."""

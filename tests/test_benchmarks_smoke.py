@@ -333,3 +333,14 @@ def test_against_refuses_workloads_it_cannot_alternate(capsys: pytest.CaptureFix
             cli.parse_args(argv)
         assert exited.value.code == 2
     assert "--against" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_wakeup_measures_results_and_requests_across_processes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Wakeup reports result, start and cancel latencies between an owner and a client."""
+    rep = run(capsys, "wakeup", "--n", "10", "--repeat", "1")
+    for name in ("result", "start_pickup", "cancel_pickup"):
+        assert 0 <= median(rep, f"{name}_p50_ms") <= median(rep, f"{name}_p99_ms") < 1000
+    assert median(rep, "samples") == 10

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sqlite3
 
 import msgspec
 import pytest
 
-from aruntime.errors import ConcurrencyError, CorruptLogError, RunNotFoundError, StoreCorruptError
+from aruntime.errors import (
+    ConcurrencyError,
+    ConfigError,
+    CorruptLogError,
+    RunActiveError,
+    RunNotFoundError,
+    StoreCorruptError,
+)
 from aruntime.events import (
     Event,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -19,7 +29,7 @@ from aruntime.events import (
     StepStarted,
 )
 from aruntime.state import RunStatus
-from aruntime.store import EventStore, MemoryStore
+from aruntime.store import EventStore, MemoryStore, OwnerInfo, Request, RequestKind
 from aruntime.store.sqlite import SqliteStore
 
 
@@ -382,3 +392,161 @@ async def test_event_changed_after_append_is_corrupt_on_read(store: EventStore) 
         await store.events_for("r")
     assert caught.value.run_id == "r"
     assert await store.events_for("r", after=3) == [step(4, position=2)]
+
+
+# -- the inbox, removal of ended runs, the change counter ------------------------------
+
+
+def start_request(run_id: str, at: float = 1.0) -> Request:
+    return Request(
+        kind=RequestKind.START, run_id=run_id, at=at, workflow="flow", args="[[1],{}]", timeout=9.5
+    )
+
+
+async def test_posted_requests_come_back_in_order_with_their_fields(store: EventStore) -> None:
+    """`pending` returns every posted request, in posting order, field for field."""
+    posted = [
+        start_request("a"),
+        Request(kind=RequestKind.CANCEL, run_id="a", at=2.0, reason="no longer wanted ✓"),
+        Request(kind=RequestKind.RESUME, run_id="b", at=3.0),
+    ]
+    ids = [await store.post(request) for request in posted]
+    assert ids == sorted(ids)
+    pending = await store.pending()
+    assert [r.id for r in pending] == ids
+    assert [dataclasses.replace(r, id=0) for r in pending] == posted
+
+
+async def test_pending_filters_by_run_and_limit(store: EventStore) -> None:
+    """`pending(run_id=...)` keeps one run's requests; `limit` the first ones."""
+    for run_id in ("a", "b", "a"):
+        await store.post(start_request(run_id))
+    assert [r.run_id for r in await store.pending(run_id="a")] == ["a", "a"]
+    assert [r.run_id for r in await store.pending(limit=2)] == ["a", "b"]
+
+
+async def test_consume_with_events_appends_and_removes_the_request(store: EventStore) -> None:
+    """A request consumed with its events is gone exactly when they are in the log."""
+    request_id = await store.post(start_request("a"))
+    await store.consume(request_id, "a", [started("a")], 0)
+    assert await store.pending() == []
+    assert [type(e) for e in await store.events_for("a")] == [RunStarted]
+
+
+async def test_refused_consume_leaves_the_request_pending(store: EventStore) -> None:
+    """A stale append inside `consume` appends nothing and keeps the request."""
+    await new_run(store, "a")
+    request_id = await store.post(start_request("a"))
+    with pytest.raises(ConcurrencyError):
+        await store.consume(request_id, "a", [started("a")], 0)
+    assert [r.id for r in await store.pending()] == [request_id]
+    assert len(await store.events_for("a")) == 1
+
+
+async def test_consume_without_events_removes_only_that_request(store: EventStore) -> None:
+    """Consuming one request leaves the others; consuming it again is harmless."""
+    first = await store.post(start_request("a"))
+    second = await store.post(start_request("b"))
+    await store.consume(first)
+    await store.consume(first)
+    assert [r.id for r in await store.pending()] == [second]
+
+
+async def test_request_ids_are_never_given_twice(store: EventStore) -> None:
+    """A request posted after the last one was consumed still comes after it."""
+    first = await store.post(start_request("a"))
+    await store.consume(first)
+    assert await store.post(start_request("b")) > first
+
+
+async def test_delete_run_removes_an_ended_run(store: EventStore) -> None:
+    """An ended run's log and index row are gone after `delete_run`."""
+    await new_run(store, "a")
+    await store.append("a", [RunCompleted(sequence=2, at=2.0, result="1")], 1)
+    await store.delete_run("a")
+    assert await store.get_run("a") is None
+    assert await store.events_for("a") == []
+
+
+async def test_delete_run_refuses_an_active_run(store: EventStore) -> None:
+    """A run that has not ended raises RunActiveError and keeps everything."""
+    await new_run(store, "a", steps=1)
+    with pytest.raises(RunActiveError, match="cancel it first") as caught:
+        await store.delete_run("a")
+    assert caught.value.run_id == "a"
+    assert len(await store.events_for("a")) == 2
+
+
+async def test_delete_run_of_unknown_run_raises_run_not_found(store: EventStore) -> None:
+    """Deleting a run that does not exist raises RunNotFoundError."""
+    with pytest.raises(RunNotFoundError):
+        await store.delete_run("nope")
+
+
+async def test_prune_removes_ended_runs_older_than_the_cutoff(store: EventStore) -> None:
+    """Prune keeps active runs, recent ones and those of another status."""
+    for run_id, end in (("old-done", RunCompleted), ("old-cancelled", RunCancelled)):
+        await new_run(store, run_id)
+        fields = {"result": "1"} if end is RunCompleted else {"reason": "x"}
+        await store.append(run_id, [end(sequence=2, at=5.0, **fields)], 1)
+    await new_run(store, "new-done")
+    await store.append("new-done", [RunCompleted(sequence=2, at=50.0, result="1")], 1)
+    await new_run(store, "active")
+    assert await store.prune(older_than=10.0, status=RunStatus.COMPLETED) == 1
+    assert await store.prune(older_than=10.0) == 1
+    assert sorted(i.run_id for i in await store.list_runs()) == ["active", "new-done"]
+    assert await store.events_for("old-done") == []
+
+
+async def test_prune_refuses_a_status_of_active_runs(store: EventStore) -> None:
+    """Prune removes ended runs only: asking for running ones is a ConfigError."""
+    with pytest.raises(ConfigError, match="ended runs only"):
+        await store.prune(older_than=10.0, status=RunStatus.RUNNING)
+
+
+async def test_get_runs_returns_the_runs_that_exist(store: EventStore) -> None:
+    """`get_runs` answers many ids at once and leaves out the unknown ones."""
+    await new_run(store, "a")
+    await new_run(store, "b")
+    found = await store.get_runs(["a", "b", "nope", "a"])
+    assert sorted(i.run_id for i in found) == ["a", "b"]
+
+
+async def test_list_runs_filters_by_workflow_and_creation_time(store: EventStore) -> None:
+    """`list_runs(workflow=, since=)` keeps one workflow's runs, created at or after since."""
+    await store.append("a", [started("a", at=1.0, workflow="x")], 0)
+    await store.append("b", [started("b", at=2.0, workflow="y")], 0)
+    await store.append("c", [started("c", at=3.0, workflow="x")], 0)
+    assert [i.run_id for i in await store.list_runs(workflow="x")] == ["a", "c"]
+    assert [i.run_id for i in await store.list_runs(since=2.0)] == ["b", "c"]
+
+
+async def test_owner_info_round_trips_and_clears(store: EventStore) -> None:
+    """What the owner records of itself reads back until it clears it."""
+    info = OwnerInfo(pid=os.getpid(), workflows=("a.flow", "b.flow"))
+    await store.set_owner_info(info)
+    assert await store.owner_info() == info
+    await store.set_owner_info(None)
+    assert await store.owner_info() is None
+
+
+async def test_change_counter_moves_after_a_commit(store: EventStore) -> None:
+    """A waiter sleeping on the counter wakes after an append, and not before."""
+    # A watcher's first look may wake its waiter once: a spurious wake-up is allowed.
+    await store.wait_changed(store.change_counter(), timeout=0.05)
+    seen = store.change_counter()
+    assert await store.wait_changed(seen, timeout=0.05) == seen
+    waiter = asyncio.ensure_future(store.wait_changed(seen, timeout=5.0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    await new_run(store, "a")
+    assert await asyncio.wait_for(waiter, 2.0) > seen
+
+
+async def test_change_counter_moves_after_a_post(store: EventStore) -> None:
+    """Posting a request wakes those who wait for a change."""
+    seen = store.change_counter()
+    waiter = asyncio.ensure_future(store.wait_changed(seen))
+    await asyncio.sleep(0)
+    await store.post(start_request("a"))
+    assert await asyncio.wait_for(waiter, 2.0) > seen

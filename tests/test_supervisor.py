@@ -561,10 +561,11 @@ async def test_cancelling_the_task_that_holds_the_runtime_marks_no_run_failed() 
 
 
 @pytest.mark.parametrize("workflows", [[], [unrelated]], ids=["no-workflows", "other-workflows"])
-async def test_unknown_workflow_at_resume_parks_the_run_and_appends_nothing(
+async def test_unknown_workflow_at_resume_leaves_the_run_alone(
     workflows: list[Workflow[..., Any]],
 ) -> None:
-    """A run whose workflow the new runtime does not know is parked with the reason."""
+    """A run whose workflow the new runtime does not know is neither parked nor changed,
+    and a runtime that knows the workflow finishes it afterwards."""
     store = MemoryStore()
     async with runtime(store) as first:
         await start(first, quick_then_gated, 1, run_id="u")
@@ -572,12 +573,13 @@ async def test_unknown_workflow_at_resume_parks_the_run_and_appends_nothing(
     log = list(await store.events_for("u"))
     gate.set()
     async with runtime(store, workflows=workflows) as second:
-        await wait_until(lambda: is_parked(store, "u"))
-        with pytest.raises(RunParkedError):
-            await second.handle("u").result()
-    reason = await parked_reason(store, "u")
-    assert reason is not None
-    assert reason.startswith("UnknownWorkflowError")
-    assert quick_then_gated.name in reason
+        await second.resume("u")  # a resume does not run it either
+        await asyncio.sleep(0.05)
+        assert second.stats.spawned == 0
+    info = await store.get_run("u")
+    assert info is not None
+    assert (info.status, info.parked) == (RunStatus.RUNNING, False)
     assert await store.events_for("u") == log
     assert entered == ["quick", "gated 2"]
+    async with runtime(store) as third:
+        await third.handle("u").result()

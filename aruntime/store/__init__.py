@@ -11,17 +11,31 @@ import urllib.parse
 
 from aruntime.errors import ConfigError
 from aruntime.store._base import EventStore as EventStore
+from aruntime.store._base import OwnerInfo as OwnerInfo
+from aruntime.store._base import Request as Request
+from aruntime.store._base import RequestKind as RequestKind
 from aruntime.store._base import RunInfo as RunInfo
 from aruntime.store.memory import MemoryStore as MemoryStore
 
-__all__ = ["EventStore", "MemoryStore", "RunInfo", "open_store"]
+__all__ = [
+    "EventStore",
+    "MemoryStore",
+    "OwnerInfo",
+    "Request",
+    "RequestKind",
+    "RunInfo",
+    "open_store",
+]
 
 _SCHEMES = "memory:// and sqlite:///path.db"
 """The store URLs that exist, for the errors that name them."""
 
 
-def open_store(url: str) -> EventStore:
+def open_store(url: str, *, owner: bool = True) -> EventStore:
     """The store a URL names; not opened yet (the runtime opens it).
+
+    `owner=False` opens it as a client's store (reads, inbox requests, removal of ended
+    runs), which works beside the runtime that owns the file in another process.
 
     Raises:
         ConfigError: the URL has no scheme (a bare path is told its `sqlite:///` URL), or
@@ -47,7 +61,7 @@ def open_store(url: str) -> EventStore:
     if scheme == "sqlite":
         from aruntime.store.sqlite import SqliteStore  # noqa: PLC0415 - driver loaded on use
 
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, owner=owner)
     raise ConfigError(f"no store for the scheme {scheme!r} of {url!r}; the stores are {_SCHEMES}")
 
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aruntime.errors import ConcurrencyError, CorruptLogError
+from aruntime.errors import ConcurrencyError, ConfigError, CorruptLogError
 from aruntime.events import Event, RunCancelled, RunCompleted, RunFailed, RunStarted
 from aruntime.state import RunStatus
 
-__all__ = ["EventStore", "RunInfo", "check_batch", "status_after"]
+__all__ = [
+    "EventStore",
+    "OwnerInfo",
+    "Request",
+    "RequestKind",
+    "RunInfo",
+    "check_batch",
+    "check_prune_status",
+    "status_after",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +42,38 @@ class RunInfo:
         return self.parked_reason is not None
 
 
+class RequestKind(enum.StrEnum):
+    """What a request from outside asks of the runtime that owns the store."""
+
+    START = "start"
+    CANCEL = "cancel"
+    RESUME = "resume"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One entry of the store's inbox: a change to a run, asked from outside its runtime.
+
+    Clients post requests; the runtime that owns the store applies them in `id` order and
+    consumes each one in the transaction that records what it caused.
+    """
+
+    kind: RequestKind
+    run_id: str
+    at: float
+    """When the request was posted (epoch seconds)."""
+    workflow: str | None = None
+    """START: the workflow's registered name."""
+    args: str | None = None
+    """START: the arguments, encoded by the serializer as `RunStarted.args` records them."""
+    timeout: float | None = None
+    """START: seconds from the start after which the run is cancelled (its deadline)."""
+    reason: str | None = None
+    """CANCEL: the reason recorded with the cancellation."""
+    id: int = 0
+    """The inbox position the store gave the request (0 before it is posted)."""
+
+
 class EventStore(Protocol):
     """Append-only, per-run event logs plus an index of runs.
 
@@ -42,8 +84,22 @@ class EventStore(Protocol):
     * an `append` is all or nothing, and durable at the store's configured level when it
       returns;
     * the run index (`get_run`, `list_runs`) reflects every returned append;
-    * parking touches the index only, never the log.
+    * parking touches the index only, never the log;
+    * the inbox hands requests out in the order they were posted, and a request consumed
+      with events is gone exactly when those events are durable;
+    * only ended runs are removed (`delete_run`, `prune`);
+    * `change_counter` moves after every committed change to the inbox, to the set of runs,
+      to a run's status or to its parked mark, this process's or another's (it may move
+      after other changes too).
+
+    A store opened by a `Client` (`owner` False) reads, posts requests and removes ended
+    runs; every other write raises `StoreNotOwnerError`.
     """
+
+    @property
+    def owner(self) -> bool:
+        """Whether this store may append, park and consume (a Runtime's store)."""
+        ...
 
     async def open(self) -> None:
         """Acquire connections and files; idempotent."""
@@ -72,14 +128,21 @@ class EventStore(Protocol):
         """The index row of one run, or None."""
         ...
 
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunInfo]:
+        """The index rows of the runs that exist among `run_ids`, in no particular order."""
+        ...
+
     async def list_runs(
         self,
         *,
         status: RunStatus | None = None,
         parked: bool | None = None,
         limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[RunInfo]:
-        """Index rows, oldest first, filtered by log status and by parked flag."""
+        """Index rows, oldest first, filtered by log status, parked flag, workflow name and
+        creation time (`created_at >= since`)."""
         ...
 
     async def park(self, run_id: str, reason: str) -> None:
@@ -89,6 +152,84 @@ class EventStore(Protocol):
     async def unpark(self, run_id: str) -> None:
         """Clear the parked mark so that the run is resumed again."""
         ...
+
+    async def post(self, request: Request) -> int:
+        """Add `request` to the inbox, durably; returns its id (its place in the order)."""
+        ...
+
+    async def pending(
+        self, *, run_id: str | None = None, limit: int | None = None
+    ) -> list[Request]:
+        """Requests not consumed yet, in the order they were posted (of one run if given)."""
+        ...
+
+    async def consume(
+        self,
+        request_id: int,
+        run_id: str | None = None,
+        events: Sequence[Event] = (),
+        expected_sequence: int = 0,
+    ) -> None:
+        """Remove a request from the inbox, with the events it caused in one transaction.
+
+        With `events`, they are appended as `append` would, and the request is gone
+        exactly when they are durable; a refused append (`ConcurrencyError`, ...) leaves
+        the request pending. Consuming a request that is already gone removes nothing.
+
+        Raises:
+            StoreNotOwnerError: the store is not the owner's.
+        """
+        ...
+
+    async def delete_run(self, run_id: str) -> None:
+        """Remove an ended run: its log and its index row.
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunActiveError: the run has not ended.
+        """
+        ...
+
+    async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
+        """Remove the ended runs (of `status`, if given) last updated before the epoch time
+        `older_than`; returns how many.
+
+        Raises:
+            ConfigError: `status` is not an ended status.
+        """
+        ...
+
+    async def set_owner_info(self, info: OwnerInfo | None) -> None:
+        """Record (or with None, clear) what the owning runtime executes, for the tools that
+        show which runs wait for a runtime that knows their workflow.
+
+        Raises:
+            StoreNotOwnerError: the store is not the owner's.
+        """
+        ...
+
+    async def owner_info(self) -> OwnerInfo | None:
+        """What the owning runtime recorded with `set_owner_info`, unless it cleared it."""
+        ...
+
+    def change_counter(self) -> int:
+        """A number that grows after every committed change; cheap, no I/O."""
+        ...
+
+    async def wait_changed(self, since: int, timeout: float | None = None) -> int:  # noqa: ASYNC109 - a bounded wait is the method's purpose
+        """Wait until `change_counter()` exceeds `since` (or `timeout` seconds pass);
+        returns the counter. Read what you wait for, then wait with the counter taken
+        before that read, and no change is missed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerInfo:
+    """What the runtime that owns a store says of itself."""
+
+    pid: int
+    workflows: tuple[str, ...]
+    """The names of the workflows it executes."""
 
 
 def check_batch(run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
@@ -135,3 +276,16 @@ _STATUS_OF: dict[type[Any], RunStatus] = {
 def raise_stale(run_id: str, expected: int, actual: int) -> None:
     """Raise the error of a stale writer."""
     raise ConcurrencyError(run_id, expected, actual)
+
+
+def check_prune_status(status: RunStatus | None) -> None:
+    """Refuse a status that no removable run has.
+
+    Raises:
+        ConfigError: `status` is not an ended status.
+    """
+    if status is not None and not (isinstance(status, RunStatus) and status.terminal):
+        raise ConfigError(
+            "prune removes ended runs only: status must be completed, failed or cancelled, "
+            f"not {status!r}"
+        )

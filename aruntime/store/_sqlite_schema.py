@@ -2,13 +2,14 @@
 
 Everything here runs on the store's own threads, never on the event loop.
 
-Schema (version 2)::
+Schema (version 3)::
 
-    meta   (key PRIMARY KEY, value)             application name and schema version
+    meta   (key PRIMARY KEY, value)             application name, schema version, owner
     runs   (id INTEGER PRIMARY KEY, run_id UNIQUE, workflow, status, version,
             created_at, updated_at, parked_reason)
     events (id INTEGER PRIMARY KEY, run_id, sequence, type, at, data, checksum)
             UNIQUE (run_id, sequence)
+    inbox  (id INTEGER PRIMARY KEY AUTOINCREMENT, kind, run_id, at, data, checksum)
 
 `runs` is the index of runs, written in the same transaction as the events it summarises
 so that listing runs never replays a log; `id` keeps creation order. Events are stored in
@@ -19,7 +20,10 @@ which halves what every commit writes to the WAL. The unique index is the last l
 defence against two writers numbering the same event: whatever the writer's own
 bookkeeping says, SQLite refuses the second row. `checksum` (version 2) is the CRC-32 of
 the rest of the row, checked on every read (see `aruntime.store._rows`); rows written at
-version 1 have none (NULL) and read as they always did.
+version 1 have none (NULL) and read as they always did. `inbox` (version 3) holds the
+requests that clients post (start, cancel, resume a run) until the owning runtime consumes
+them, in `id` order; AUTOINCREMENT keeps an id from ever being given twice, so the order
+holds across deletions. Its rows carry a checksum too (`aruntime.store._request_rows`).
 
 A file records its schema version in `meta`. Opening a file of an older version for
 writing migrates it in one transaction; a newer version raises `StoreVersionError` and
@@ -81,6 +85,15 @@ __all__ = [
 
 _APPLICATION = "aruntime"
 
+_INBOX_TABLE = """CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL,
+    checksum INTEGER NOT NULL
+)"""
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: the first schema.
     (
@@ -109,6 +122,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1 -> 2: a checksum in every event row; rows written before it keep NULL. Adding a
     # nullable column rewrites no row, so the migration is instant on any file.
     ("ALTER TABLE events ADD COLUMN checksum INTEGER",),
+    # 2 -> 3: the inbox of requests from other processes; a new table, so instant too.
+    (_INBOX_TABLE.format(name="inbox"), "CREATE INDEX inbox_by_run ON inbox (run_id)"),
 )
 """`_MIGRATIONS[v]` takes a file from schema version `v` to `v + 1`."""
 
@@ -202,12 +217,23 @@ def read_run(conn: sqlite3.Connection, run_id: str) -> RunInfo | None:
     return None if row is None else decode_run(row)
 
 
-def read_runs(
-    conn: sqlite3.Connection, status: RunStatus | None, parked: bool | None, limit: int | None
+def read_runs(  # noqa: PLR0917 - called with positional arguments by the reader threads
+    conn: sqlite3.Connection,
+    status: RunStatus | None,
+    parked: bool | None,
+    limit: int | None,
+    workflow: str | None = None,
+    since: float | None = None,
 ) -> list[RunInfo]:
     """Index rows in creation order, filtered."""
     clauses: list[str] = []
     params: list[Any] = []
+    if workflow is not None:
+        clauses.append("workflow = ?")
+        params.append(workflow)
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(float(since))
     if status is not None:
         clauses.append("status = ?")
         params.append(status.value)
@@ -355,7 +381,9 @@ _READ_AS_CURRENT: dict[int, tuple[str, ...]] = {
     1: (
         "CREATE TEMP VIEW events AS SELECT id, run_id, sequence, type, at, data, "
         "NULL AS checksum FROM main.events",
+        _INBOX_TABLE.format(name="temp.inbox"),
     ),
+    2: (_INBOX_TABLE.format(name="temp.inbox"),),  # an empty inbox: nothing was posted
 }
 """For each older version a read-only connection can read: how it reads it as current."""
 
@@ -409,8 +437,9 @@ def acquire_lock(path: Path, timeout: float, stop: threading.Event) -> int:
                     raise StoreLockedError(
                         f"{path} is open for writing by another store "
                         f"({'process ' + holder if holder else 'see ' + str(lock_path)}); "
-                        "close that one first, raise lock_timeout to wait for it, or open "
-                        "this one with read_only=True to inspect it"
+                        "one Runtime owns a store at a time: close that one first or raise "
+                        "lock_timeout to wait for it; to start, wait for, cancel or list runs "
+                        "from this process while it runs, use aruntime.Client(url)"
                     ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -13,12 +13,28 @@ surrogates that events may hold). Its blind spots are values Python hashes alike
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from collections.abc import Sequence
 
-from aruntime.errors import RunNotFoundError, SerializationError, StoreCorruptError
+from aruntime.errors import (
+    RunActiveError,
+    RunNotFoundError,
+    SerializationError,
+    StoreCorruptError,
+)
 from aruntime.events import Event, RunStarted
 from aruntime.state import RunStatus
-from aruntime.store._base import RunInfo, check_batch, raise_stale, status_after
+from aruntime.store._base import (
+    OwnerInfo,
+    Request,
+    RunInfo,
+    check_batch,
+    check_prune_status,
+    raise_stale,
+    status_after,
+)
+from aruntime.store._changes import ChangeSignal
 
 __all__ = ["MemoryStore"]
 
@@ -60,6 +76,14 @@ class MemoryStore:
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
         self._lock = asyncio.Lock()
+        self._inbox: dict[int, Request] = {}
+        self._ids = itertools.count(1)
+        self._owner_info: OwnerInfo | None = None
+        self._changes = ChangeSignal()
+
+    @property
+    def owner(self) -> bool:
+        return True
 
     async def open(self) -> None:
         return None
@@ -87,7 +111,12 @@ class MemoryStore:
                 row = self._rows[run_id] = _Row(first.workflow, first.at)
             row.log.extend(events)
             row.checksums.extend(checksums)
-            row.status = status_after(row.status, events)
+            status = row.status
+            row.status = status_after(status, events)
+        if expected_sequence == 0 or row.status is not status:
+            # What waiters wait for: a new run, a run's end. A step's progress wakes nobody,
+            # which keeps the in-memory hot path free of wake-ups.
+            self._changes.bump()
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
         row = self._rows.get(run_id)
@@ -109,26 +138,95 @@ class MemoryStore:
         row = self._rows.get(run_id)
         return None if row is None else row.info(run_id)
 
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunInfo]:
+        rows = self._rows
+        return [rows[run_id].info(run_id) for run_id in set(run_ids) if run_id in rows]
+
     async def list_runs(
         self,
         *,
         status: RunStatus | None = None,
         parked: bool | None = None,
         limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[RunInfo]:
         rows = [
             row.info(run_id)
             for run_id, row in self._rows.items()
             if (status is None or row.status is status)
             and (parked is None or (row.parked_reason is not None) == parked)
+            and (workflow is None or row.workflow == workflow)
+            and (since is None or row.created_at >= since)
         ]
-        return rows if limit is None else rows[:limit]
+        return rows if limit is None else rows[: max(0, limit)]
 
     async def park(self, run_id: str, reason: str) -> None:
         self._row(run_id).parked_reason = reason
+        self._changes.bump()
 
     async def unpark(self, run_id: str) -> None:
         self._row(run_id).parked_reason = None
+        self._changes.bump()
+
+    async def post(self, request: Request) -> int:
+        request_id = next(self._ids)
+        self._inbox[request_id] = dataclasses.replace(request, id=request_id)
+        self._changes.bump()
+        return request_id
+
+    async def pending(
+        self, *, run_id: str | None = None, limit: int | None = None
+    ) -> list[Request]:
+        found = [r for r in self._inbox.values() if run_id is None or r.run_id == run_id]
+        return found if limit is None else found[: max(0, limit)]
+
+    async def consume(
+        self,
+        request_id: int,
+        run_id: str | None = None,
+        events: Sequence[Event] = (),
+        expected_sequence: int = 0,
+    ) -> None:
+        if events:
+            assert run_id is not None, "events need the run they belong to"
+            await self.append(run_id, events, expected_sequence)  # refused: still pending
+        if self._inbox.pop(request_id, None) is not None:
+            self._changes.bump()
+
+    async def delete_run(self, run_id: str) -> None:
+        row = self._row(run_id)
+        if not row.status.terminal:
+            raise RunActiveError(run_id, row.status.value)
+        del self._rows[run_id]
+        self._changes.bump()
+
+    async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
+        check_prune_status(status)
+        doomed = [
+            run_id
+            for run_id, row in self._rows.items()
+            if row.status.terminal
+            and (status is None or row.status is status)
+            and row.log[-1].at < older_than
+        ]
+        for run_id in doomed:
+            del self._rows[run_id]
+        if doomed:
+            self._changes.bump()
+        return len(doomed)
+
+    async def set_owner_info(self, info: OwnerInfo | None) -> None:
+        self._owner_info = info
+
+    async def owner_info(self) -> OwnerInfo | None:
+        return self._owner_info
+
+    def change_counter(self) -> int:
+        return self._changes.value
+
+    async def wait_changed(self, since: int, timeout: float | None = None) -> int:  # noqa: ASYNC109 - a bounded wait is the method's purpose
+        return await self._changes.wait(since, timeout)
 
     def _row(self, run_id: str) -> _Row:
         row = self._rows.get(run_id)

@@ -34,6 +34,13 @@ Reads
 `events_for`, `get_run` and `list_runs` run on reader threads with read-only connections
 of their own. In WAL mode readers never wait for the writer, so a read does not queue
 behind a long batch, and it sees every append acknowledged before it started.
+
+Owners and clients
+------------------
+A store opened with `owner=False` (what `aruntime.Client` opens) takes no lock and never
+appends, parks or consumes: its writer thread only posts inbox requests and removes
+ended runs, which the owner never writes again, so the owner's cache stays authoritative.
+Both kinds run a watcher (`_sqlite_watch`) that wakes those who wait for a change.
 """
 
 from __future__ import annotations
@@ -57,14 +64,25 @@ from aruntime.errors import (
     SerializationError,
     StoreCorruptError,
     StoreError,
+    StoreNotOwnerError,
     StoreReadOnlyError,
 )
 from aruntime.events import Event, RunStarted
 from aruntime.state import RunStatus
+from aruntime.store import _sqlite_inbox as inbox
 from aruntime.store import _sqlite_schema as schema
-from aruntime.store._base import RunInfo, check_batch, status_after
+from aruntime.store._base import (
+    OwnerInfo,
+    Request,
+    RunInfo,
+    check_batch,
+    check_prune_status,
+    status_after,
+)
+from aruntime.store._request_rows import encode_request
 from aruntime.store._rows import EventRow, encode_events
 from aruntime.store._sqlite_files import check_writable
+from aruntime.store._sqlite_watch import Watcher
 
 __all__ = ["SqliteConfig", "SqliteStats", "SqliteStore"]
 
@@ -91,10 +109,20 @@ class SqliteConfig:
     """Refuse to grow the database past about this size (`StoreFullError`); None: no limit."""
     readers: int = 2
     """Reader threads, each with a connection of its own."""
+    owner: bool = True
+    """Open as the file's owner (a Runtime's store: the lock, appends, the inbox's
+    consumer). False: a client's store, which works beside an owner in another process,
+    reads runs, posts inbox requests and removes ended runs, and writes nothing else."""
+    watch_interval: float = 0.005
+    """Seconds between two looks at the file's change counter while somebody waits."""
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("FULL", "NORMAL"):
             raise ConfigError(f"synchronous must be 'FULL' or 'NORMAL', not {self.synchronous!r}")
+        if not (isinstance(self.watch_interval, int | float) and 0 < self.watch_interval <= 1):
+            raise ConfigError(
+                f"watch_interval must be in (0, 1] seconds, not {self.watch_interval!r}"
+            )
         for name in ("busy_timeout", "lock_timeout"):
             seconds = getattr(self, name)
             if not (isinstance(seconds, int | float) and seconds >= 0):
@@ -141,13 +169,15 @@ class SqliteStore:
         self._readers: list[_Reader] = []
         self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._final_stats = SqliteStats()
+        self._watcher: Watcher | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, owner: bool = True) -> SqliteStore:
         """The store of `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`.
 
         Query parameters set the config: `synchronous=NORMAL`, `busy_timeout=10`,
-        `lock_timeout=2`, `mode=ro` (or `read_only=1`).
+        `lock_timeout=2`, `mode=ro` (or `read_only=1`). `owner=False` opens it as a
+        client's store (see `SqliteConfig.owner`).
 
         Raises:
             ConfigError: the URL names no file, or a parameter is unknown or invalid.
@@ -162,7 +192,7 @@ class SqliteStore:
         path = urllib.parse.unquote(location[1:])
         if path == ":memory:":
             raise ConfigError("an SQLite store needs a file; use memory:// for a store in memory")
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"owner": owner}
         for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
             if key == "synchronous":
                 options[key] = value.upper()
@@ -187,6 +217,11 @@ class SqliteStore:
     @property
     def config(self) -> SqliteConfig:
         return self._config
+
+    @property
+    def owner(self) -> bool:
+        """Whether this store owns the file (appends, parks, consumes requests)."""
+        return self._config.owner and not self._config.read_only
 
     @property
     def stats(self) -> SqliteStats:
@@ -223,6 +258,13 @@ class SqliteStore:
                 reader = _Reader(self._path, config, loop, self._reads, index)
                 self._readers.append(reader)
                 await reader.start_and_wait()
+            self._watcher = Watcher(
+                self._path,
+                loop,
+                interval=config.watch_interval,
+                busy_timeout=config.busy_timeout,
+            )
+            self._watcher.start()
         except BaseException:
             await self.aclose()
             raise
@@ -231,8 +273,14 @@ class SqliteStore:
         """Commit what is queued, then stop and join every thread; idempotent."""
         if self._loop is None:
             return
-        writer, readers = self._writer, self._readers
-        self._writer, self._readers, self._loop = None, [], None
+        writer, readers, watcher = self._writer, self._readers, self._watcher
+        self._writer, self._readers, self._loop, self._watcher = None, [], None, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.signal.close()
+            # It wakes at once when stopped and holds no lock: joining it blocks the loop
+            # for no longer than one PRAGMA, and cannot be cut short by a cancellation.
+            watcher.join()
         for _ in readers:
             self._reads.put(None)
         absorbed = [await reader.wait_exited() for reader in readers]
@@ -247,10 +295,13 @@ class SqliteStore:
                 raise cancelled
 
     async def append(self, run_id: str, events: Sequence[Event], expected_sequence: int) -> None:
+        await self._append(run_id, events, expected_sequence, None)
+
+    async def _append(
+        self, run_id: str, events: Sequence[Event], expected_sequence: int, consume: int | None
+    ) -> None:
         check_batch(run_id, events, expected_sequence)
-        writer = self._writer
-        if writer is None:
-            raise self._not_writable()
+        writer = self._owners_writer("append to a run's log")
         first, last = events[0], events[-1]
         status = status_after(RunStatus.PENDING, events)
         job = _Append(
@@ -263,6 +314,7 @@ class SqliteStore:
             first.at,
             last.sequence,
             last.at,
+            consume,
         )
         writer.jobs.put(job)
         future = job.future
@@ -279,20 +331,76 @@ class SqliteStore:
     async def get_run(self, run_id: str) -> RunInfo | None:
         return await self._read(run_id, schema.read_run, run_id)
 
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunInfo]:
+        return await self._read(None, inbox.read_runs_by_id, list(run_ids))
+
     async def list_runs(
         self,
         *,
         status: RunStatus | None = None,
         parked: bool | None = None,
         limit: int | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[RunInfo]:
-        return await self._read(None, schema.read_runs, status, parked, limit)
+        return await self._read(None, schema.read_runs, status, parked, limit, workflow, since)
 
     async def park(self, run_id: str, reason: str) -> None:
+        self._owners_writer("park a run")
         await self._write(run_id, schema.park_run, run_id, reason)
 
     async def unpark(self, run_id: str) -> None:
+        self._owners_writer("unpark a run")
         await self._write(run_id, schema.park_run, run_id, None)
+
+    async def post(self, request: Request) -> int:
+        row = encode_request(request)
+        request_id: int = await self._write(request.run_id, inbox.insert_request, row)
+        return request_id
+
+    async def pending(
+        self, *, run_id: str | None = None, limit: int | None = None
+    ) -> list[Request]:
+        return await self._read(run_id, inbox.read_pending, self._path, run_id, limit)
+
+    async def consume(
+        self,
+        request_id: int,
+        run_id: str | None = None,
+        events: Sequence[Event] = (),
+        expected_sequence: int = 0,
+    ) -> None:
+        if events:
+            assert run_id is not None, "events need the run they belong to"
+            await self._append(run_id, events, expected_sequence, request_id)
+            return
+        self._owners_writer("consume an inbox request")
+        await self._write(run_id, inbox.delete_request, request_id)
+
+    async def delete_run(self, run_id: str) -> None:
+        await self._write(run_id, inbox.delete_run, run_id)
+
+    async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
+        check_prune_status(status)
+        removed: int = await self._write(None, inbox.prune_runs, float(older_than), status)
+        return removed
+
+    async def set_owner_info(self, info: OwnerInfo | None) -> None:
+        self._owners_writer("record the owner")
+        await self._write(None, inbox.write_owner, info)
+
+    async def owner_info(self) -> OwnerInfo | None:
+        return await self._read(None, inbox.read_owner)
+
+    def change_counter(self) -> int:
+        watcher = self._watcher
+        return 0 if watcher is None else watcher.signal.value
+
+    async def wait_changed(self, since: int, timeout: float | None = None) -> int:  # noqa: ASYNC109 - a bounded wait is the method's purpose
+        watcher = self._watcher
+        if watcher is None:
+            raise self._not_open()
+        return await watcher.signal.wait(since, timeout)
 
     async def pragmas(self) -> dict[str, Any]:
         """The SQLite settings in force on the write connection (a reader's if read-only)."""
@@ -316,6 +424,24 @@ class SqliteStore:
         self._reads.put(job)
         result: _T = await job.future
         return result
+
+    def _owners_writer(self, what: str) -> _Writer:
+        """The writer, if this store owns the file.
+
+        Raises:
+            StoreNotOwnerError: it does not (a client's store).
+            StoreReadOnlyError, StoreError: it is read-only, or not open.
+        """
+        writer = self._writer
+        if writer is None:
+            raise self._not_writable()
+        if not self._config.owner:
+            raise StoreNotOwnerError(
+                f"{self._path} is open as a client's store (owner=False), which cannot "
+                f"{what}: only the Runtime that owns the file does; post a request to its "
+                "inbox (aruntime.Client does) instead"
+            )
+        return writer
 
     def _not_writable(self) -> StoreError:
         if self._config.read_only and self._loop is not None:
@@ -355,6 +481,8 @@ class _Append(NamedTuple):
     created_at: float
     last_sequence: int
     last_at: float
+    consume: int | None = None
+    """The inbox request this append consumes in its transaction, if any."""
 
 
 class _Call(NamedTuple):
@@ -570,7 +698,7 @@ _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, Unicode
 _BROKEN = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 """Primary error codes after which the writer does not trust its connection any more."""
 
-_TERMINAL = frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value})
+_TERMINAL = frozenset(s.value for s in RunStatus if s.terminal)
 
 
 class _Writer(_Thread):
@@ -594,7 +722,8 @@ class _Writer(_Thread):
 
     def setup(self) -> None:
         check_writable(self.path)  # before anything is created beside the file
-        self._lock = schema.acquire_lock(self.path, self.config.lock_timeout, self.stopping)
+        if self.config.owner:
+            self._lock = schema.acquire_lock(self.path, self.config.lock_timeout, self.stopping)
         self._conn = self._connect()
         schema.migrate(self._conn, self.path)
 
@@ -684,6 +813,7 @@ class _Writer(_Thread):
         rows: list[EventRow] = []
         runs: dict[str, _Append] = {}
         calls: list[int] = []
+        consumed: list[tuple[int]] = []
         accepted = 0
         for position, job in enumerate(jobs):
             if type(job) is not _Append:
@@ -704,10 +834,14 @@ class _Writer(_Thread):
             versions[run_id] = job.last_sequence
             rows += job_rows
             accepted += 1
+            if job.consume is not None:
+                consumed.append((job.consume,))
             earlier = runs.get(run_id)
             runs[run_id] = job if earlier is None else _merged(earlier, job)
         schema.INSERT_EVENTS.run(conn, rows)
         self._write_runs(conn, runs.values())
+        if consumed:
+            conn.executemany("DELETE FROM inbox WHERE id = ?", consumed)
         for position in calls:
             outcomes[position] = self._call(conn, jobs[position])
         self._written = (accepted, len(rows))
@@ -734,6 +868,8 @@ class _Writer(_Thread):
             try:
                 schema.INSERT_EVENTS.run(conn, job_rows)
                 self._write_runs(conn, (job,))
+                if job.consume is not None:
+                    inbox.delete_request(conn, job.consume)
             except _ROW_ERRORS as exc:
                 conn.execute("ROLLBACK TO append")
                 conn.execute("RELEASE append")

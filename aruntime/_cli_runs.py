@@ -1,0 +1,148 @@
+"""`aruntime runs cancel|resume|delete|wait|prune`: change runs from any process.
+
+    aruntime runs cancel RUN_ID [--reason TEXT] [--db PATH]
+    aruntime runs resume RUN_ID [--db PATH]
+    aruntime runs delete RUN_ID [--db PATH]
+    aruntime runs wait RUN_ID [--timeout SECONDS] [--db PATH]
+    aruntime runs prune --older-than 7d [--status completed|failed|cancelled] [--db PATH]
+
+Each opens the database as a `Client` does, so it works while a runtime in another
+process owns the file: cancel and resume become inbox requests that the owning runtime
+applies (at once if one runs, else when one opens); delete and prune remove ended runs
+only. `wait` prints the run's result as JSON.
+
+Exit codes: 0 done; 1 no such run, a run that has not ended (delete), or a run that did
+not complete (wait: failed, cancelled, parked, or still running at the timeout); 2 bad
+usage or no usable database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aruntime.client import Client
+from aruntime.errors import AruntimeError, ConfigError, RunNotFoundError
+from aruntime.state import RunStatus
+
+__all__ = ["add_runs_commands", "parse_age"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_age(text: str) -> float:
+    """Seconds of an age written `90s`, `15m`, `12h`, `7d`, `2w` or a bare number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"not an age: {text!r} (write a number with s, m, h, d or w, like 7d)"
+        )
+    return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1.0)
+
+
+def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_help: str) -> None:
+    """Add the commands that change runs to `aruntime runs`."""
+    cancel = runs_commands.add_parser(
+        "cancel", parents=[common], help="ask for a run's cancellation"
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", help="recorded with the cancellation (default: cancelled)")
+    cancel.set_defaults(handler=lambda a: _with_client(a, _cancel))
+    resume = runs_commands.add_parser("resume", parents=[common], help="ask to resume a parked run")
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.set_defaults(handler=lambda a: _with_client(a, _resume))
+    delete = runs_commands.add_parser("delete", parents=[common], help="remove an ended run")
+    delete.add_argument("run_id", metavar="RUN_ID")
+    delete.set_defaults(handler=lambda a: _with_client(a, _delete))
+    wait = runs_commands.add_parser("wait", parents=[common], help="wait for a run's result")
+    wait.add_argument("run_id", metavar="RUN_ID")
+    wait.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after (none)")
+    wait.set_defaults(handler=lambda a: _with_client(a, _wait))
+    prune = runs_commands.add_parser("prune", parents=[common], help="remove old ended runs")
+    prune.add_argument(
+        "--older-than", type=parse_age, required=True, metavar="AGE", help="like 7d, 12h, 30m"
+    )
+    prune.add_argument("--status", choices=("completed", "failed", "cancelled"))
+    prune.set_defaults(handler=lambda a: _with_client(a, _prune))
+    for sub in (cancel, resume, delete, wait, prune):
+        sub.add_argument("--db", metavar="PATH", help=db_help)
+
+
+_Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def _with_client(args: argparse.Namespace, command: _Command) -> int:
+    from aruntime._cli import _database  # noqa: PLC0415 - the shared option, without a cycle
+
+    try:
+        path, source = _database(args.db)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if not path.is_file():
+        named = "" if source == "--db" else f" (named by {source})"
+        return _fail(f"no database at {path}{named}", EXIT_USAGE)
+    args.db = path
+    return asyncio.run(_run(path, f"sqlite:///{path.absolute()}", command, args))
+
+
+async def _run(path: Path, url: str, command: _Command, args: argparse.Namespace) -> int:
+    client = Client(url)
+    try:
+        await client.open()
+    except AruntimeError as exc:
+        return _fail(f"cannot open {path}: {exc}", EXIT_USAGE)
+    try:
+        return await command(client, args)
+    except RunNotFoundError:
+        return _fail(f"no run {args.run_id!r} in {path}", EXIT_FAILED)
+    except AruntimeError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    finally:
+        await client.aclose()
+
+
+async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    await client.cancel(args.run_id, reason=args.reason)
+    print(f"cancellation of {args.run_id} requested")
+    return 0
+
+
+async def _resume(client: Client, args: argparse.Namespace) -> int:
+    await client.resume(args.run_id)
+    print(f"resumption of {args.run_id} requested")
+    return 0
+
+
+async def _delete(client: Client, args: argparse.Namespace) -> int:
+    await client.delete(args.run_id)
+    print(f"deleted {args.run_id}")
+    return 0
+
+
+async def _wait(client: Client, args: argparse.Namespace) -> int:
+    try:
+        value: Any = await client.handle(args.run_id).result(timeout=args.timeout)
+    except TimeoutError:
+        return _fail(f"run {args.run_id!r} has not ended after {args.timeout}s", EXIT_FAILED)
+    print(json.dumps(value))
+    return 0
+
+
+async def _prune(client: Client, args: argparse.Namespace) -> int:
+    status = None if args.status is None else RunStatus(args.status)
+    removed = await client.prune(older_than=args.older_than, status=status)
+    print(f"removed {removed} run{'' if removed == 1 else 's'}")
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"aruntime: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,146 @@
+"""The owner's side of the inbox: apply the requests that clients post, in order, once.
+
+A request is applied, and then consumed, by the runtime that owns the store:
+
+* START appends the run's `RunStarted` and consumes the request in the same transaction
+  (`EventStore.consume` with events), so a crash leaves either both or neither: the run
+  is never started twice, and a request is never lost. The run is then executed here if
+  this runtime knows its workflow, and left for a runtime that does otherwise.
+* CANCEL and RESUME go through `Runtime.cancel` and `Runtime.resume`, which record what
+  they do (the cancellation in the run's log, the cleared parked mark in its index), and
+  the request is consumed after. A crash between the two applies the request again on
+  the next start, where it finds its effect recorded and changes nothing.
+
+Requests are applied one at a time in the order of their ids, so a client's start,
+then cancel, of one run reaches it in that order. The loop sleeps on the store's change
+counter while the inbox is empty, and reads it again after every change it is told of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aruntime._log import logger
+from aruntime.errors import (
+    ConcurrencyError,
+    CorruptLogError,
+    RunNotFoundError,
+    SerializationError,
+    StoreError,
+)
+from aruntime.events import RunStarted
+from aruntime.state import RunState, fold_into
+from aruntime.store import Request, RequestKind
+
+if TYPE_CHECKING:
+    from aruntime._definitions import Workflow
+    from aruntime._supervisor import Supervisor
+    from aruntime.clock import Clock
+    from aruntime.store import EventStore
+
+__all__ = ["NO_ARGS", "Inbox"]
+
+NO_ARGS = "[[],{}]"
+"""The recorded arguments of a run started without any."""
+_BATCH = 100
+"""Requests read at a time."""
+_MAX_BACKOFF = 1.0
+"""Seconds between two tries at most while the store fails."""
+
+
+class Inbox:
+    """Applies the inbox of the store that its runtime owns."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        clock: Clock,
+        supervisor: Supervisor,
+        find_workflow: Callable[[str], Workflow[..., Any] | None],
+        cancel: Callable[[str, str | None], Awaitable[object]],
+        resume: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._supervisor = supervisor
+        self._find_workflow = find_workflow
+        self._cancel = cancel
+        self._resume = resume
+        self.applied = 0
+        """Requests applied since the runtime opened."""
+
+    async def serve(self) -> None:
+        """Apply requests as they come, until cancelled."""
+        store = self._store
+        failures = 0
+        while True:
+            seen = store.change_counter()
+            try:
+                requests = await store.pending(limit=_BATCH)
+                for request in requests:
+                    await self._apply(request)
+            except Exception as exc:  # the store fails: nothing is consumed, try again
+                failures += 1
+                delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))
+                logger.error("inbox.failed", error=str(exc), retry_in=delay)
+                await self._clock.sleep(delay)
+                continue
+            failures = 0
+            if not requests:
+                await store.wait_changed(seen)
+
+    async def _apply(self, request: Request) -> None:
+        kind = request.kind
+        if kind is RequestKind.START:
+            await self._start(request)
+        elif kind is RequestKind.CANCEL:
+            await self._apply_and_consume(request, self._cancel(request.run_id, request.reason))
+        else:
+            await self._apply_and_consume(request, self._resume(request.run_id))
+        self.applied += 1
+        logger.info("inbox.applied", run_id=request.run_id, kind=kind.value, request=request.id)
+
+    async def _apply_and_consume(self, request: Request, effect: Awaitable[object]) -> None:
+        try:
+            await effect
+        except RunNotFoundError:
+            logger.warning("inbox.run_not_found", run_id=request.run_id, kind=request.kind.value)
+        await self._store.consume(request.id)
+
+    async def _start(self, request: Request) -> None:
+        run_id, name = request.run_id, request.workflow or ""
+        now = self._clock.now()
+        event = RunStarted(
+            sequence=1,
+            at=now,
+            run_id=run_id,
+            workflow=name,
+            args=request.args if request.args is not None else NO_ARGS,
+            deadline=None if request.timeout is None else now + request.timeout,
+        )
+        known = self._find_workflow(name) is not None
+        try:
+            await self._store.consume(request.id, run_id, [event], 0)
+        except ConcurrencyError:  # the run exists: a start is idempotent
+            await self._store.consume(request.id)
+            return
+        except (CorruptLogError, SerializationError) as exc:  # a request no run can come of
+            logger.error("inbox.refused", run_id=run_id, kind="start", error=str(exc))
+            await self._store.consume(request.id)
+            return
+        except (StoreError, asyncio.CancelledError):
+            # It may have been committed all the same: a task reads the log and runs the
+            # run if it is there.
+            if known:
+                self._supervisor.spawn(run_id)
+            raise
+        logger.info("run.started", run_id=run_id, workflow=name, by="inbox")
+        if known:
+            state = RunState()
+            fold_into(state, (event,))
+            self._supervisor.spawn(run_id, state)
+        else:
+            logger.info("run.left_for_another_runtime", run_id=run_id, workflow=name)

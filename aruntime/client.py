@@ -1,0 +1,351 @@
+"""The client: reach every run of a store from a process that does not execute runs.
+
+A web server, an admin script or the CLI opens `Client(url)` beside the `Runtime` that
+owns the store (in another process, or not running at all). The client reads runs and
+waits for their results; what would change a run (start, cancel, resume) it posts to the
+store's inbox, which the owning runtime applies in order. It never executes, parks or
+resumes a run itself, and it opens an SQLite file without its owner's lock.
+
+Waiting is cheap: the store's watcher looks at the file's change counter every few
+milliseconds while anybody waits, and each waiter reads its run again only after a change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from aruntime._definitions import Workflow, lookup_workflow
+from aruntime._runner import convert_result, encode_args
+from aruntime.clock import Clock, SystemClock
+from aruntime.errors import (
+    ConfigError,
+    CorruptLogError,
+    RunCancelledError,
+    RunIdConflictError,
+    RunNotFoundError,
+    RunParkedError,
+)
+from aruntime.events import RunCancelled, RunCompleted, RunFailed
+from aruntime.runtime import _failure, check_run_id
+from aruntime.serializer import JsonSerializer, Serializer
+from aruntime.state import RunState, RunStatus, replay
+from aruntime.store import EventStore, Request, RequestKind, RunInfo, open_store
+
+__all__ = ["Client", "ClientHandle"]
+
+R = TypeVar("R")
+
+
+class Client:
+    """Starts, watches, cancels and removes runs of a store that a `Runtime` owns.
+
+    Example:
+        async with Client("sqlite:///runs.db") as client:
+            handle = await client.start(checkout, "o-42", run_id="order-42")
+            print(await handle.result(timeout=30))
+
+    Args:
+        store: a URL (`sqlite:///path.db`; opened as a client's store, without the owner's
+            lock) or a store object shared with a runtime in this process (opened, and
+            not closed, by the client).
+        serializer: how arguments and results become text; the runtime's must read it.
+        clock: where the time of a request comes from.
+    """
+
+    def __init__(
+        self,
+        store: EventStore | str,
+        *,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(store, str):
+            if store.startswith("memory:"):
+                raise ConfigError(
+                    "a Client of memory:// would see a store of its own that no runtime "
+                    "runs; share the Runtime's store object instead: Client(rt.store)"
+                )
+            self.store = open_store(store, owner=False)
+            self._owns_store = True
+        else:
+            self.store = store
+            self._owns_store = False
+        self.serializer: Serializer = serializer or JsonSerializer()
+        self.clock: Clock = clock or SystemClock()
+        self._open = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> Client:
+        """Open the store; pair it with `aclose()` (or use `async with`)."""
+        if not self._open:
+            await self.store.open()
+            self._open = True
+        return self
+
+    async def aclose(self) -> None:
+        """Close the store if the client opened it from a URL; idempotent."""
+        if self._open:
+            self._open = False
+            if self._owns_store:
+                await self.store.aclose()
+
+    async def __aenter__(self) -> Client:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow[..., R] | str,
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the run's recorded deadline
+        **kwargs: Any,
+    ) -> ClientHandle[R]:
+        """Ask for a run of `workflow` (a `@workflow` or its registered name).
+
+        The request is recorded at once; the runtime that owns the store starts the run
+        when it applies it (at once if one is running, else when one opens) and executes
+        it if it knows the workflow. A run of a workflow no runtime knows is recorded all
+        the same, and waits for a runtime that knows it.
+
+        Args:
+            run_id: the run's name and idempotency key; random when None. Starting an
+                existing run id again returns that run.
+            timeout: seconds from the run's start after which it is cancelled.
+
+        Raises:
+            InvalidRunIdError, ConfigError: a bad run id, workflow or timeout.
+            RunIdConflictError: the id names an existing run of another workflow.
+            SerializationError: the arguments cannot be serialized (nothing is recorded).
+        """
+        self._require_open()
+        name, typed = _workflow_name(workflow)
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+        ):
+            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
+        info = await self.store.get_run(run_id)
+        if info is not None and info.workflow != name:
+            raise RunIdConflictError(run_id, f"as a run of workflow {info.workflow!r}")
+        if info is None:
+            await self.store.post(
+                Request(
+                    kind=RequestKind.START,
+                    run_id=run_id,
+                    at=self.clock.now(),
+                    workflow=name,
+                    args=encoded,
+                    timeout=None if timeout is None else float(timeout),
+                )
+            )
+        return ClientHandle(self, run_id, typed)
+
+    def handle(self, run_id: str, workflow: Workflow[..., R] | None = None) -> ClientHandle[R]:
+        """A handle on a run by id (checked when used); `workflow` types its result."""
+        return ClientHandle(self, check_run_id(run_id), workflow)
+
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> None:
+        """Ask the owning runtime to cancel the run (see `Runtime.cancel`).
+
+        Cancelling an ended run changes nothing. The run ends `CANCELLED` once the
+        runtime has applied the request and the run's cleanup is done; wait for it with
+        `handle(run_id).result()`, which then raises `RunCancelledError`.
+
+        Raises:
+            RunNotFoundError: no such run, and no start of it is waiting in the inbox.
+        """
+        if reason is not None and not isinstance(reason, str):
+            raise ConfigError(f"a cancellation reason must be a str, got {reason!r}")
+        await self._post_for_existing(RequestKind.CANCEL, run_id, reason=reason or "cancelled")
+
+    async def resume(self, run_id: str) -> None:
+        """Ask the owning runtime to clear a parked run's mark and run it again.
+
+        Raises:
+            RunNotFoundError: no such run, and no start of it is waiting in the inbox.
+        """
+        await self._post_for_existing(RequestKind.RESUME, run_id)
+
+    async def delete(self, run_id: str) -> None:
+        """Remove an ended run (its log and index row) from the store.
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunActiveError: the run has not ended; cancel it first, or wait for its end.
+        """
+        self._require_open()
+        await self.store.delete_run(check_run_id(run_id))
+
+    async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
+        """Remove the runs that ended more than `older_than` seconds ago; how many.
+
+        Args:
+            older_than: age in seconds of the runs' last event (for example 7 * 86400).
+            status: only runs that ended so (completed, failed or cancelled).
+
+        Raises:
+            ConfigError: a negative age, or a status that is not an end.
+        """
+        self._require_open()
+        if not (isinstance(older_than, int | float) and older_than >= 0):
+            raise ConfigError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        return await self.store.prune(older_than=self.clock.now() - older_than, status=status)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def list(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: Workflow[..., Any] | str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunInfo]:
+        """The store's runs, oldest first: of one status, one workflow, created at or
+        after the epoch time `since`, at most `limit` of them."""
+        self._require_open()
+        name = None if workflow is None else _workflow_name(workflow)[0]
+        return await self.store.list_runs(status=status, workflow=name, since=since, limit=limit)
+
+    async def state(self, run_id: str) -> RunState:
+        """The run's state, replayed from its log.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        self._require_open()
+        events = await self.store.events_for(check_run_id(run_id))
+        if not events:
+            raise RunNotFoundError(run_id)
+        return replay(events)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise ConfigError("use the Client inside `async with Client(...) as client:`")
+
+    async def _post_for_existing(
+        self, kind: RequestKind, run_id: str, *, reason: str | None = None
+    ) -> None:
+        self._require_open()
+        check_run_id(run_id)
+        if (
+            await self.store.get_run(run_id) is None
+            and not await self._pending(run_id, RequestKind.START)
+            and await self.store.get_run(run_id) is None  # applied between the two reads
+        ):
+            raise RunNotFoundError(run_id)
+        await self.store.post(Request(kind=kind, run_id=run_id, at=self.clock.now(), reason=reason))
+
+    async def _pending(self, run_id: str, kind: RequestKind) -> bool:
+        """Whether a request of `kind` for the run waits in the inbox."""
+        pending = await self.store.pending(run_id=run_id)
+        return any(request.kind is kind for request in pending)
+
+
+class ClientHandle(Generic[R]):
+    """A reference to one run, by id, seen from a client."""
+
+    __slots__ = ("_client", "_workflow", "run_id")
+
+    def __init__(
+        self, client: Client, run_id: str, workflow: Workflow[..., Any] | None = None
+    ) -> None:
+        self._client = client
+        self.run_id = run_id
+        self._workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"ClientHandle({self.run_id!r})"
+
+    async def state(self) -> RunState:
+        """The run's state, replayed from its log."""
+        return await self._client.state(self.run_id)
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Ask for the run's cancellation (see `Client.cancel`)."""
+        await self._client.cancel(self.run_id, reason=reason)
+
+    async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - the caller's bound on the wait
+        """Wait for the run to end and return the workflow's result.
+
+        The result comes back as the workflow's return annotation says when the workflow
+        is known here (given to `start` or `handle`, or registered in this process), as
+        decoded JSON otherwise.
+
+        Raises:
+            TimeoutError: `timeout` seconds passed first; the run goes on.
+            RunFailedError: the run ended failed (with the cause's type and message).
+            RunCancelledError: the run ended cancelled (with the reason).
+            RunParkedError: the runtime parked the run (and no resume of it is pending).
+            RunNotFoundError: no such run, and no start of it waits in the inbox.
+        """
+        client = self._client
+        client._require_open()
+        store = client.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = store.change_counter()
+            info = await store.get_run(self.run_id)
+            if info is not None:
+                if info.status.terminal:
+                    return await self._outcome(info)
+                if info.parked and not await client._pending(self.run_id, RequestKind.RESUME):
+                    raise RunParkedError(self.run_id, info.parked_reason or "")
+            elif not await client._pending(self.run_id, RequestKind.START):
+                # The start may have been applied between the two reads: a start is
+                # consumed in the transaction that records the run, so read once more.
+                if await store.get_run(self.run_id) is None:
+                    raise RunNotFoundError(self.run_id)
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"run {self.run_id!r} has not ended after {timeout}s")
+            await store.wait_changed(seen, left)
+
+    async def _outcome(self, info: RunInfo) -> R:
+        store = self._client.store
+        last = await store.events_for(self.run_id, after=info.version - 1)
+        event = last[-1] if last else None
+        if isinstance(event, RunCompleted):
+            return self._decode(event.result, info.workflow)
+        if isinstance(event, RunCancelled):
+            raise RunCancelledError(self.run_id, event.reason)
+        if isinstance(event, RunFailed):  # the whole log, to name the step that failed
+            raise _failure(self.run_id, replay(await store.events_for(self.run_id)))
+        raise CorruptLogError(self.run_id, info.version, f"a finished run ends with {event!r:.80}")
+
+    def _decode(self, text: str, workflow_name: str) -> R:
+        workflow = self._workflow or lookup_workflow(workflow_name)
+        value = self._client.serializer.loads(text)
+        if workflow is None:
+            return value  # type: ignore[no-any-return]
+        return convert_result(value, workflow.result_type(), self.run_id, None)  # type: ignore[no-any-return]
+
+
+def _workflow_name(workflow: object) -> tuple[str, Workflow[..., Any] | None]:
+    """The registered name of a workflow given as a `@workflow` or a name, and the
+    workflow when there is one here."""
+    if isinstance(workflow, Workflow):
+        return workflow.name, workflow
+    if isinstance(workflow, str) and workflow:
+        return workflow, lookup_workflow(workflow)
+    raise ConfigError(f"a workflow is a @workflow or its registered name, not {workflow!r}")
