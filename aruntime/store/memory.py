@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aruntime.errors import (
     RunActiveError,
@@ -28,6 +28,7 @@ from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
     Request,
+    RequestKind,
     RunInfo,
     check_batch,
     check_prune_status,
@@ -176,9 +177,20 @@ class MemoryStore:
         return request_id
 
     async def pending(
-        self, *, run_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        limit: int | None = None,
+        kinds: Collection[RequestKind] | None = None,
+        after: int = 0,
     ) -> list[Request]:
-        found = [r for r in self._inbox.values() if run_id is None or r.run_id == run_id]
+        found = [
+            r
+            for r in self._inbox.values()
+            if (run_id is None or r.run_id == run_id)
+            and (kinds is None or r.kind in kinds)
+            and r.id > after
+        ]
         return found if limit is None else found[: max(0, limit)]
 
     async def consume(
