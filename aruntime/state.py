@@ -210,6 +210,12 @@ class RunState(msgspec.Struct):
     error_message: str | None = None
     deadline: float | None = None
     """When the run is cancelled with the reason `timeout`, if it has a deadline."""
+    parent: str | None = None
+    """The run that started this one as its child, if one did."""
+    forked_from: str | None = None
+    """The run this one is a fork of, if any."""
+    forked_at: str | None = None
+    """The identity of the operation the fork resumed from."""
     cancel_reason: str | None = None
     """Why the run's cancellation was requested; None while nobody asked."""
     started_at: float | None = None
@@ -320,6 +326,9 @@ def _run_started(state: RunState, event: RunStarted) -> None:
     state.workflow = event.workflow
     state.args = event.args
     state.deadline = event.deadline
+    state.parent = event.parent
+    state.forked_from = event.forked_from
+    state.forked_at = event.forked_at
     state.status = RunStatus.RUNNING
     state.started_at = event.at
 

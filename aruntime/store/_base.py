@@ -113,8 +113,8 @@ class EventStore(Protocol):
       with events is gone exactly when those events are durable;
     * only ended runs are removed (`delete_run`, `prune`);
     * `change_counter` moves after every committed change to the inbox, to the set of runs,
-      to a run's status or to its parked mark, this process's or another's (it may move
-      after other changes too).
+      to a run's status, to its published values (`ValuePublished`) or to its parked
+      mark, this process's or another's (it may move after other changes too).
 
     A store opened by a `Client` (`owner` False) reads, posts requests and removes ended
     runs; every other write raises `StoreNotOwnerError`.

@@ -23,7 +23,7 @@ from aruntime.errors import (
     SerializationError,
     StoreCorruptError,
 )
-from aruntime.events import Event, RunStarted
+from aruntime.events import Event, RunStarted, ValuePublished
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
@@ -114,9 +114,13 @@ class MemoryStore:
             row.checksums.extend(checksums)
             status = row.status
             row.status = status_after(status, events)
-        if expected_sequence == 0 or row.status is not status:
-            # What waiters wait for: a new run, a run's end. A step's progress wakes nobody,
-            # which keeps the in-memory hot path free of wake-ups.
+        if (
+            expected_sequence == 0
+            or row.status is not status
+            or any(type(event) is ValuePublished for event in events)
+        ):
+            # What waiters wait for: a new run, a run's end, a published value. A step's
+            # progress wakes nobody, which keeps the in-memory hot path free of wake-ups.
             self._changes.bump()
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
