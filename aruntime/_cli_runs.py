@@ -5,6 +5,7 @@
     aruntime runs delete RUN_ID [--db PATH]
     aruntime runs wait RUN_ID [--timeout SECONDS] [--db PATH]
     aruntime runs prune --older-than 7d [--status completed|failed|cancelled] [--db PATH]
+    aruntime runs start WORKFLOW [--args '[1, "a"]'] [--run-id ID] [--db PATH]
     aruntime runs send RUN_ID [--topic T] --json '{"approved": true}' [--key K] [--db PATH]
     aruntime runs fork RUN_ID --from-step IDENTITY [--run-id NEW_ID] [--db PATH]
     aruntime runs read RUN_ID KEY [--timeout SECONDS] [--db PATH]
@@ -13,7 +14,8 @@ Each opens the database as a `Client` does, so it works while a runtime in anoth
 process owns the file: cancel and resume become inbox requests that the owning runtime
 applies (at once if one runs, else when one opens); delete and prune remove ended runs
 only. `wait` prints the run's result as JSON. `send` posts a message for the run's
-`aruntime.receive`; `fork` asks for a new run that copies the run up to an operation
+`aruntime.receive`; `start` asks for a run of a workflow by its registered name (the
+runtime that knows it runs it); `fork` asks for a new run that copies the run up to an operation
 (an identity as `runs show` lists it) and goes on from there; `read` prints the latest
 value the run published under KEY, as JSON.
 
@@ -78,6 +80,13 @@ def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_he
     )
     prune.add_argument("--status", choices=("completed", "failed", "cancelled"))
     prune.set_defaults(handler=lambda a: _with_client(a, _prune))
+    start = runs_commands.add_parser("start", parents=[common], help="ask for a run")
+    start.add_argument("workflow", metavar="WORKFLOW", help="its registered name")
+    start.add_argument(
+        "--args", type=_json_list, default=[], metavar="JSON", help="a JSON list of arguments"
+    )
+    start.add_argument("--run-id", dest="new_id", metavar="ID", help="the run's id (random)")
+    start.set_defaults(handler=lambda a: _with_client(a, _start))
     send = runs_commands.add_parser("send", parents=[common], help="send a run a message")
     send.add_argument("run_id", metavar="RUN_ID")
     send.add_argument("--topic", default="default", help="the receive's topic (default)")
@@ -98,7 +107,7 @@ def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_he
     read.add_argument("key", metavar="KEY")
     read.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after (none)")
     read.set_defaults(handler=lambda a: _with_client(a, _read))
-    for sub in (cancel, resume, delete, wait, prune, send, fork, read):
+    for sub in (cancel, resume, delete, wait, prune, start, send, fork, read):
         sub.add_argument("--db", metavar="PATH", help=db_help)
 
 
@@ -174,6 +183,20 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def _json_list(text: str) -> list[Any]:
+    value = _json(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("the arguments are a JSON list, like '[1, \"a\"]'")
+    return value
+
+
+async def _start(client: Client, args: argparse.Namespace) -> int:
+    args.run_id = args.new_id
+    handle = await client.start(args.workflow, *args.args, run_id=args.new_id)
+    print(f"run {handle.run_id} of {args.workflow} requested")
+    return 0
 
 
 async def _send(client: Client, args: argparse.Namespace) -> int:

@@ -163,6 +163,8 @@ async def _take(runner: Runner, branch: Branch, position: int, topic: str) -> bo
         async with runner._lock:
             if request.id in runner._taken:  # another branch took it while we waited
                 continue
+            if runner._closing:
+                raise runner._refusal()  # the runtime closes: the next one delivers it
             await runner._flush_locked()
             state = runner.state
             key = request.key or ""
