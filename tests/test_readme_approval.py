@@ -8,15 +8,20 @@ starts the worker line as a process of its own, runs every other line as a comma
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from aruntime import AruntimeError, Client
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -39,6 +44,24 @@ def _command(line: str) -> tuple[list[str], str | None]:
     return [sys.executable, "-m", "aruntime", *argv[1:]], expected and expected.group(1)
 
 
+def _wait_until_owned(db: Path, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the worker has made the file and recorded itself as its owner."""
+
+    async def owner() -> int | None:
+        async with Client(f"sqlite:///{db}") as client:
+            info = await client.store.owner_info()
+            return None if info is None else info.pid
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "the worker ended"
+        with contextlib.suppress(AruntimeError):  # the file may be half made yet
+            if db.exists() and asyncio.run(owner()) == worker.pid:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the worker did not start")
+
+
 def test_the_readme_approval_runs_as_written(tmp_path: Path) -> None:
     """Worker, start, read, send, wait, read, show: each prints what the README says."""
     (tmp_path / "approval.py").write_text(_block("example:approval.py"))
@@ -50,6 +73,7 @@ def test_the_readme_approval_runs_as_written(tmp_path: Path) -> None:
         worker_argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
     try:
+        _wait_until_owned(tmp_path / "runs.db", worker)
         for line in lines[1:]:
             argv, expected = _command(line)
             done = subprocess.run(
