@@ -61,7 +61,9 @@ class RuntimeConfig:
     resume_on_start: bool = True
     """Resume every unfinished, unparked run in the store when the runtime starts."""
     result_poll_interval: float = 0.5
-    """Seconds between store reads while waiting on a run this runtime does not run."""
+    """The longest wait between two store reads while waiting on a run this runtime does
+    not run; a change committed to the store (the run ending, in another process too)
+    wakes the waiter sooner."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.restart_budget, RestartBudget):
@@ -473,15 +475,19 @@ class Runtime:
             if not waiter.done():
                 waiter.set_result(final)
 
-    async def _wait_exit(self, run_id: str) -> RunState | None:
+    async def _wait_exit(self, run_id: str, seen: int | None = None) -> RunState | None:
         """Wait until the local task of `run_id` ends (its final state if it finished the
-        run), or a poll interval if this runtime has no task for it."""
+        run). If this runtime has no task for it: until the store changes after `seen` (a
+        `change_counter()` taken before the caller's read), at most a poll interval."""
         supervisor = self._supervisor
         if supervisor is not None and supervisor.supervising(run_id):
             waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(run_id, []).append(waiter)
             return await waiter
-        await self.clock.sleep(self.config.result_poll_interval)
+        if seen is None:
+            await self.clock.sleep(self.config.result_poll_interval)
+        else:
+            await self.store.wait_changed(seen, self.config.result_poll_interval)
         return None
 
 
@@ -524,6 +530,7 @@ class RunHandle(Generic[R]):
             if final is not None:  # it ended here: no need to read it back
                 return self._from_state(final)
         while True:
+            seen = rt.store.change_counter()
             info = await rt.store.get_run(self.run_id)
             if info is None:
                 raise RunNotFoundError(self.run_id)
@@ -531,7 +538,7 @@ class RunHandle(Generic[R]):
                 return await self._outcome(info.version)
             if info.parked:
                 raise RunParkedError(self.run_id, info.parked_reason or "")
-            await rt._wait_exit(self.run_id)
+            await rt._wait_exit(self.run_id, seen)
 
     def _from_state(self, state: RunState) -> R:
         if state.status is RunStatus.COMPLETED:

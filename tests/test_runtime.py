@@ -390,3 +390,24 @@ async def test_step_called_inside_a_step_body_is_not_journaled() -> None:
         events = await rt.store.events_for("nest")
     assert [e.step for e in events if isinstance(e, StepStarted)] == ["outer_step"]
     assert bodies == ["double"]
+
+
+async def test_result_of_a_run_another_runtime_would_run_wakes_on_the_store_change(
+    store: EventStore,
+) -> None:
+    """Waiting on a run this runtime does not run ends when the store says the run ended,
+    not after the poll interval."""
+    await store.append(
+        "x",
+        [RunStarted(sequence=1, at=1.0, run_id="x", workflow="elsewhere.job", args="[[],{}]")],
+        0,
+    )
+    slow_poll = aruntime.RuntimeConfig(result_poll_interval=60.0)
+    async with Runtime(store, config=slow_poll) as rt:
+        waiting = asyncio.create_task(rt.handle("x").result())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await rt.cancel("x", reason="not wanted")
+        async with asyncio.timeout(5):
+            with pytest.raises(aruntime.RunCancelledError, match="not wanted"):
+                await waiting
