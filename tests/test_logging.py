@@ -12,7 +12,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -212,31 +211,8 @@ async def test_park_is_logged_with_run_id_and_reason() -> None:
 
 def test_library_never_configures_structlog() -> None:
     """Importing aruntime and running a workflow leaves structlog unconfigured."""
-    script = textwrap.dedent(
-        """
-        import asyncio
-        import structlog
-        import aruntime
-
-        @aruntime.step
-        async def one() -> int:
-            return 1
-
-        @aruntime.workflow
-        async def wf() -> int:
-            return await one()
-
-        async def main() -> None:
-            async with aruntime.Runtime() as rt:
-                assert await (await rt.start(wf)).result() == 1
-
-        asyncio.run(main())
-        print("configured" if structlog.is_configured() else "unconfigured")
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
+    then = 'import structlog\nprint("configured" if structlog.is_configured() else "unconfigured")'
+    done = run_unconfigured(fail_first=False, then=then)
     assert done.stdout.splitlines()[-1] == "unconfigured"
 
 
@@ -364,9 +340,10 @@ asyncio.run(main())
 """
 
 
-def run_unconfigured(*, fail_first: bool) -> subprocess.CompletedProcess[str]:
-    """Run one workflow in a fresh interpreter that configures no logging at all."""
-    script = f"FAIL_FIRST = {fail_first}\n{UNCONFIGURED}"
+def run_unconfigured(*, fail_first: bool, then: str = "") -> subprocess.CompletedProcess[str]:
+    """Run one workflow, then the code `then`, in a fresh interpreter that configures no
+    logging at all."""
+    script = f"FAIL_FIRST = {fail_first}\n{UNCONFIGURED}\n{then}\n"
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
