@@ -95,6 +95,12 @@ async def plain_workflow() -> str:
     return await plain()
 
 
+async def run_plain_workflow() -> None:
+    """Run `plain_workflow` to completion as run "ok" on a fresh runtime."""
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        await (await start(rt, plain_workflow, run_id="ok")).result()
+
+
 @step(retry=RetryPolicy(max_attempts=2, initial_delay=2.0, jitter=0.0))
 async def fails_once() -> str:
     if current_step().attempt == 1:
@@ -142,8 +148,7 @@ async def meltdown_workflow() -> None:
 async def test_run_started_and_completed_are_logged_with_run_id() -> None:
     """A successful run logs run.started and run.completed, both bound with its run id."""
     with capture_logs() as logs:
-        async with Runtime(clock=FakeClock(autojump=True)) as rt:
-            await (await start(rt, plain_workflow, run_id="ok")).result()
+        await run_plain_workflow()
     (started,) = named(logs, "run.started")
     (completed,) = named(logs, "run.completed")
     assert started["run_id"] == completed["run_id"] == "ok"
@@ -249,8 +254,7 @@ async def test_stdlib_at_debug_gets_every_event_as_a_record(
 ) -> None:
     """Without structlog configured, a logger at DEBUG gets run and step events as records."""
     caplog.set_level(logging.DEBUG, logger="aruntime")
-    async with Runtime(clock=FakeClock(autojump=True)) as rt:
-        await (await start(rt, plain_workflow, run_id="ok")).result()
+    await run_plain_workflow()
     by_event = records(caplog)
     levels = {event: record.levelno for event, record in by_event.items()}
     assert levels == {
@@ -270,8 +274,7 @@ async def test_stdlib_at_info_gets_run_events_but_no_step_events(
 ) -> None:
     """A logger at INFO gets run.started and run.completed, and no per-step debug record."""
     caplog.set_level(logging.INFO, logger="aruntime")
-    async with Runtime(clock=FakeClock(autojump=True)) as rt:
-        await (await start(rt, plain_workflow, run_id="ok")).result()
+    await run_plain_workflow()
     assert sorted(records(caplog)) == ["run.completed", "run.started"]
 
 
@@ -307,8 +310,7 @@ async def test_configured_structlog_takes_the_events_from_stdlib(
     """Once structlog is configured, events go through it and the stdlib logger gets none."""
     caplog.set_level(logging.DEBUG, logger="aruntime")
     with capture_logs() as logs:
-        async with Runtime(clock=FakeClock(autojump=True)) as rt:
-            await (await start(rt, plain_workflow, run_id="ok")).result()
+        await run_plain_workflow()
     assert [entry["event"] for entry in logs] == [
         "run.started",
         "step.started",
