@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +35,11 @@ import aruntime
 from aruntime import Runtime
 from benchmarks._aruntime_side import StoreSpec, _WatchClock
 from benchmarks._harness import (
-    REPO,
     Progress,
-    child_command,
     configure_logging,
     percentile,
     rss_bytes,
+    run_child,
 )
 from benchmarks.workloads import run_id
 
@@ -72,20 +70,16 @@ def measure(
 ) -> dict[str, float]:
     """One sleep measurement in a fresh process: its figures."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command, env = child_command(
+    figures: dict[str, float] = run_child(
+        "sleep",
         "benchmarks._sleep",
         store.kind,
         store.synchronous,
         str(runs),
         "1" if trace else "0",
         str(workdir),
+        timeout=timeout,
     )
-    out = subprocess.run(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"the sleep process failed (exit {out.returncode}); see above")
-    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures
 
 

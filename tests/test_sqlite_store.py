@@ -8,11 +8,12 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from sqlite_helpers import raw
 
 from aruntime.errors import (
     ConcurrencyError,
@@ -42,16 +43,6 @@ def step(sequence: int) -> StepStarted:
 
 def log(run_id: str, length: int) -> list[Event]:
     return [started(run_id), *(step(sequence) for sequence in range(2, length + 1))]
-
-
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the store's file, as another tool would open it."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 async def python(*args: str) -> str:
