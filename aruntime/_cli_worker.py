@@ -5,9 +5,10 @@
 The modules are imported (the current directory first on the path, as `python -m` does),
 and the worker opens `Runtime(db, workflows=<what they registered>)`: it resumes their
 unfinished runs, applies the inbox, and leaves the runs of other workflows for a runtime
-that knows them. On SIGTERM or SIGINT it stops taking requests, lets the step bodies in
-flight at that moment finish for up to `--grace` seconds, then closes: whatever is still
-in flight is left to recovery (the next runtime runs it again, at least once).
+that knows them. On SIGTERM or SIGINT it closes with `Runtime.aclose(grace=...)`: it stops
+taking requests and starting operations, lets the step bodies in flight finish for up to
+`--grace` seconds with their outcomes recorded, then stops; whatever is still in flight is
+left to recovery (the next runtime runs it again, at least once).
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import asyncio
 import importlib
 import signal
 import sys
-import time
 from typing import Any
 
 from aruntime._definitions import Workflow, registered_workflows
 from aruntime._log import logger
 from aruntime.errors import AruntimeError
 from aruntime.runtime import Runtime
-from aruntime.state import StepStatus
 
 __all__ = ["add_worker_command"]
 
@@ -103,32 +102,9 @@ async def _serve(url: str, workflows: list[Workflow[..., Any]], grace: float) ->
     try:
         await stop.wait()
         logger.info("worker.stopping", grace=grace)
-        await _drain(rt, grace)
+        await rt.aclose(grace=grace)
     finally:
         await rt.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     logger.info("worker.stopped")
-
-
-async def _drain(rt: Runtime, grace: float) -> None:
-    """Wait up to `grace` seconds for the step bodies in flight now to finish."""
-    supervisor = rt._require_supervisor()
-    if rt._inbox_task is not None:
-        rt._inbox_task.cancel()  # no new requests while draining
-    in_flight = {
-        (run_id, identity)
-        for run_id, runner in list(supervisor._runners.items())
-        for identity, s in runner.state.steps.items()
-        if s.status is StepStatus.RUNNING
-    }
-    deadline = time.monotonic() + grace
-    while in_flight and time.monotonic() < deadline:
-        in_flight = {
-            (run_id, identity)
-            for run_id, identity in in_flight
-            if (runner := supervisor.runner(run_id)) is not None
-            and (s := runner.state.steps.get(identity)) is not None
-            and s.status is StepStatus.RUNNING
-        }
-        await asyncio.sleep(0.01)

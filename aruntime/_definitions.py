@@ -17,6 +17,7 @@ from aruntime.retry import RetryPolicy
 __all__ = [
     "Step",
     "Workflow",
+    "check_seconds",
     "check_timeout",
     "registered_workflows",
     "sequence",
@@ -172,16 +173,26 @@ def check_timeout(timeout: object) -> float | None:
     Raises:
         ConfigError: anything else.
     """
-    if timeout is None:
+    return check_seconds(timeout, "timeout", zero=False)
+
+
+def check_seconds(value: object, what: str, *, zero: bool) -> float | None:
+    """None, or `value` as a finite number of seconds, > 0 (>= 0 with `zero`), not a bool.
+
+    Raises:
+        ConfigError: anything else, naming `what`.
+    """
+    if value is None:
         return None
     if (
-        isinstance(timeout, int | float)
-        and not isinstance(timeout, bool)
-        and math.isfinite(timeout)
-        and timeout > 0
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
     ):
-        return float(timeout)
-    raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        return float(value)
+    bound = ">= 0" if zero else "> 0"
+    raise ConfigError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
 
 
 @overload

@@ -182,12 +182,14 @@ class Runner:
 
     __slots__ = (
         "_abort",
+        "_bodies",
         "_branches",
         "_cancels_issued",
         "_clock",
         "_closing",
         "_debug",
         "_delivered",
+        "_draining",
         "_flush_scheduled",
         "_helpers",
         "_lock",
@@ -246,6 +248,9 @@ class Runner:
         self._reaped = False
         self._workflow_done = False
         self._closing = False
+        self._draining = False
+        self._bodies = 0
+        """Step bodies running now (one per branch at most)."""
         self._root: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -280,6 +285,8 @@ class Runner:
                     self._helper(self._watch_deadline(state.deadline))
             await self._run(args, kwargs)
         except _Abort as abort:  # from the workflow's operations, or from the final append
+            if self._draining and not self._closing and self._abort is None:
+                await self.settle()  # the outcomes of the bodies that finished meanwhile
             raise abort.cause from None
         finally:
             _context._BRANCH.reset(token)
@@ -366,7 +373,18 @@ class Runner:
         """The runtime is closing: from now on the workflow starts no operation and the
         run appends nothing more. Its cancellation, delivered next, is not recorded; what
         the workflow's cleanup code would do is left to the runtime that resumes the run."""
-        self._closing = True
+        self._closing = self._draining = True
+
+    def drain(self) -> None:
+        """The runtime is about to close: the step bodies running now may finish and their
+        outcomes are recorded, but the workflow starts no operation after them (the
+        attempt raises `CancelledError`); the run resumes there in the next runtime."""
+        self._draining = True
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step body of this run is running now."""
+        return self._bodies > 0
 
     def _check_no_unvisited_operations(self) -> None:
         state = self.state
@@ -603,6 +621,8 @@ class Runner:
         if branch is None or branch.runner is not self:
             raise self._fail(UntrackedTaskError(self.run_id, what))
         self.check_owner(branch, what)
+        if self._draining:
+            raise self._refusal()
         position = branch.position = branch.position + 1
         identity = op_identity(branch.path, position)
         self._visited.add(identity)
@@ -703,6 +723,7 @@ class Runner:
         token = _context._STEP.set(
             _context.StepContext(self.run_id, name, position, attempt, branch.path)
         )
+        self._bodies += 1
         try:
             if step.timeout is None:
                 value = await step.fn(*args, **kwargs)
@@ -713,6 +734,7 @@ class Runner:
         else:
             failure = None
         finally:
+            self._bodies -= 1
             _context._STEP.reset(token)
         if failure is None:
             try:

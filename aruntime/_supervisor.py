@@ -191,6 +191,18 @@ class Supervisor:
         for task in self._tasks.values():
             task.cancel()
 
+    def drain(self) -> None:
+        """Spawn and respawn no more; let each run finish the step bodies it is running
+        and stop at its next operation (see `Runner.drain`)."""
+        self._closing = True
+        for runner in self._runners.values():
+            runner.drain()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step body of some run is running now."""
+        return any(runner.busy for runner in self._runners.values())
+
     async def crash(self, run_id: str) -> tuple[RunState, RunState]:
         """Kill the run's task as a crash would; return (state before, state replayed).
 
@@ -278,7 +290,7 @@ class Supervisor:
     ) -> None:
         runner = self._runner_for(run_id, state, lock, death)
         if self._closing:
-            runner.shut_down()
+            runner.shut_down()  # created while the runtime closes: it starts nothing
         self._runners[run_id] = runner
         await runner.run()
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from aruntime._definitions import Workflow, check_timeout, lookup_workflow, registered_workflows
+from aruntime._definitions import (
+    Workflow,
+    check_seconds,
+    check_timeout,
+    lookup_workflow,
+    registered_workflows,
+)
 from aruntime._inbox import Inbox
 from aruntime._log import logger
 from aruntime._runner import convert_result, decode_args, encode_args
@@ -241,9 +247,31 @@ class Runtime:
         """
         return await self.__aenter__()
 
-    async def aclose(self) -> None:
-        """Stop every run task (they resume next time) and release the store."""
+    async def aclose(self, *, grace: float | None = None) -> None:
+        """Stop every run task (they resume next time) and release the store.
+
+        With `grace` (seconds), first stop taking requests and starting operations, and
+        let the step bodies running now finish for up to that long, their outcomes
+        recorded; each run stops at its next operation. What still runs after `grace` is
+        stopped as without it, and runs again, at least once, in the next runtime.
+
+        Raises:
+            ConfigError: `grace` is not a finite number of seconds >= 0.
+        """
+        grace = check_seconds(grace, "grace", zero=True)
+        if grace is not None and self._group is not None:
+            await self._drain(grace)
         await self.__aexit__(None, None, None)
+
+    async def _drain(self, grace: float) -> None:
+        supervisor = self._require_supervisor()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+        supervisor.drain()
+        clock = self.clock
+        deadline = clock.monotonic() + grace
+        while supervisor.busy and clock.monotonic() < deadline:
+            await clock.sleep(min(0.01, max(0.0, deadline - clock.monotonic())))
 
     async def _resume_unfinished(self) -> None:
         supervisor = self._require_supervisor()
