@@ -35,7 +35,6 @@ first operation that is not simply replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 import zlib
@@ -288,6 +287,10 @@ class Runner:
             if self._draining and not self._closing and self._abort is None:
                 await self.settle()  # the outcomes of the bodies that finished meanwhile
             raise abort.cause from None
+        except BaseExceptionGroup:  # an _Abort from a TaskGroup branch comes wrapped
+            if self._abort is not None:
+                raise self._abort from None
+            raise
         finally:
             _context._BRANCH.reset(token)
             self._workflow_done = True
@@ -543,7 +546,7 @@ class Runner:
                 return False
             try:
                 await self._flush_locked()  # the outcomes folded before it go first
-                await self._append_unfolded(
+                await self._append_cancel_request(
                     CancelRequested(sequence=state.version + 1, at=self._clock.now(), reason=reason)
                 )
             except _Abort as abort:
@@ -551,14 +554,15 @@ class Runner:
                 raise abort.cause from None
         logger.info("run.cancel_requested", run_id=self.run_id, reason=reason)
         if not self._workflow_done and not self._closing:  # else the next runtime delivers it
-            self._deliver(asyncio.current_task())
+            self._deliver(None)
         return True
 
-    async def _append_unfolded(self, event: Event) -> None:
+    async def _append_cancel_request(self, event: CancelRequested) -> None:
         """Append `event` and fold it only once the log holds it.
 
         A store error that leaves it out of the log leaves the runner as it was, and is
-        raised. One that leaves it unknown is settled by reading the log back.
+        raised. One that leaves it unknown is settled by reading the log back. Outcomes
+        the workflow folded meanwhile (a body that returned) go to the log after it.
         """
         if self._abort is not None:
             raise _Abort(self._abort)
@@ -577,6 +581,16 @@ class Runner:
             self._fail(AppendInterruptedError(self.run_id))
             self._stop_root()
             raise
+        pending = self._pending
+        if pending and pending[0].sequence == event.sequence:
+            # Events folded while the request was in flight (the lock held back their
+            # append): the log holds the request first, so they move one place on. The
+            # fold of a CancelRequested only sets the reason, which none of them reads,
+            # so folding it after them gives the state the log's order gives.
+            self._pending = [msgspec.structs.replace(e, sequence=e.sequence + 1) for e in pending]
+            self.state.cancel_reason = event.reason
+            self.state.version += 1
+            return
         fold_into(self.state, (event,))
 
     def _deliver(self, here: asyncio.Task[Any] | None) -> None:
@@ -611,8 +625,11 @@ class Runner:
             if self.state.cancel_reason is not None or self.state.status.terminal:
                 return
             await clock.sleep(deadline - clock.now())
-        with contextlib.suppress(_Abort):  # the run's own operations raise it
+        try:
             await self.request_cancel("timeout")
+        except Exception as exc:  # not recorded, or unknown: the respawned runner decides
+            self._fail(exc)
+            self._stop_root()
 
     # -- operations --------------------------------------------------------------------
 
@@ -764,7 +781,8 @@ class Runner:
             if self._debug:
                 logger.debug("step.completed", run_id=self.run_id, step=name, attempt=attempt)
             return _Done(decoded)
-        delay = step.retry.next_delay(attempt, failure, self._random)
+        counted = attempt - self.state.steps[identity].set_aside
+        delay = step.retry.next_delay(counted, failure, self._random)
         retry_at = None if delay is None else self._clock.now() + delay
         self._record_failure(
             branch,

@@ -451,23 +451,44 @@ class Runtime:
             if runner is not None:
                 await runner.request_cancel(text)
                 return runner.state.status
+            lock = supervisor.run_lock(run_id)
+            if lock is not None:
+                async with lock:  # the run's task is not reading its log meanwhile
+                    if supervisor.runner(run_id) is not None:
+                        continue
+                    status = await self._cancel_from_log(supervisor, run_id, text)
+            else:
+                status = await self._cancel_from_log(supervisor, run_id, text)
+            if status is not None:
+                return status
+
+    async def _cancel_from_log(
+        self, supervisor: Supervisor, run_id: str, text: str
+    ) -> RunStatus | None:
+        while True:
             events = await self.store.events_for(run_id)
             if not events:
                 raise RunNotFoundError(run_id)
             state = replay(events)
-            if state.status.terminal or state.cancel_reason is not None:
-                return state.status
             supervised = supervisor.supervising(run_id)  # a respawn is on its way
+            if state.status.terminal or (supervised and state.cancel_reason is not None):
+                return state.status
             now = self.clock.now()
-            batch: list[Event] = [CancelRequested(sequence=state.version + 1, at=now, reason=text)]
+            batch: list[Event] = []
+            if state.cancel_reason is None:
+                batch.append(CancelRequested(sequence=state.version + 1, at=now, reason=text))
             if not supervised:
-                batch.append(RunCancelled(sequence=state.version + 2, at=now, reason=text))
+                reason_ = state.cancel_reason or text
+                batch.append(
+                    RunCancelled(sequence=state.version + len(batch) + 1, at=now, reason=reason_)
+                )
             try:
                 await self.store.append(run_id, batch, state.version)
             except ConcurrencyError:
                 continue  # the run moved on meanwhile: look again
             logger.info("run.cancel_requested", run_id=run_id, reason=text)
             if supervised:
+                supervisor.log_moved(run_id)
                 return RunStatus.RUNNING
             info = await self.store.get_run(run_id)
             if info is not None and info.parked:
