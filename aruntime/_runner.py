@@ -92,7 +92,7 @@ if TYPE_CHECKING:
     from aruntime.serializer import Serializer
     from aruntime.store import EventStore
 
-__all__ = ["Runner", "convert_result", "decode_args", "encode_args"]
+__all__ = ["Flusher", "Runner", "convert_result", "decode_args", "encode_args"]
 
 SERIALIZATION_ERROR = "aruntime.SerializationError"
 
@@ -176,6 +176,33 @@ def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return f"{zlib.crc32(data):08x}"
 
 
+class Flusher:
+    """Hands on, once per turn of the event loop, the outcomes that runs folded without
+    waiting and have not appended since (see `Runner._append_later`).
+
+    Usually a run's next append has taken them along by then, and the turn finds nothing
+    to do; sharing the turn among every run of a runtime keeps that check off each step.
+    """
+
+    __slots__ = ("_due", "_scheduled")
+
+    def __init__(self) -> None:
+        self._due: list[Runner] = []
+        self._scheduled = False
+
+    def add(self, runner: Runner) -> None:
+        self._due.append(runner)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        due, self._due = self._due, []
+        for runner in due:
+            runner._flush_soon()
+
+
 class Runner:
     """Drives one run from its folded state to a terminal event."""
 
@@ -190,6 +217,7 @@ class Runner:
         "_delivered",
         "_draining",
         "_flush_scheduled",
+        "_flusher",
         "_helpers",
         "_lock",
         "_loop",
@@ -220,6 +248,7 @@ class Runner:
         random: Callable[[], float],
         lock: asyncio.Lock,
         previous_death: BaseException | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         assert state.run_id is not None
         self.run_id: str = state.run_id
@@ -238,6 +267,7 @@ class Runner:
         self._pending: list[Event] = []
         """Events folded into `state` and not yet handed to the store, in order."""
         self._flush_scheduled = False
+        self._flusher = Flusher() if flusher is None else flusher
         self._helpers: set[asyncio.Task[Any]] = set()
         self._branches: set[asyncio.Task[Any]] = set()
         self._visited: set[str] = set()
@@ -433,7 +463,7 @@ class Runner:
         self._buffer(kind, fields)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._flusher.add(self)
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False

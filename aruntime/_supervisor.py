@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aruntime._definitions import Workflow
 from aruntime._log import logger
-from aruntime._runner import Runner
+from aruntime._runner import Flusher, Runner
 from aruntime.errors import (
     ConfigError,
     CorruptLogError,
@@ -151,6 +151,7 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._moved: set[str] = set()
         self._closing = False
+        self._flusher = Flusher()
         self.stats = SupervisorStats()
 
     def supervising(self, run_id: str) -> bool:
@@ -360,6 +361,7 @@ class Supervisor:
             random=self._random,
             lock=lock,
             previous_death=death,
+            flusher=self._flusher,
         )
 
     async def _park(self, run_id: str, reason: BaseException | str) -> None:
