@@ -502,10 +502,12 @@ class Runner:
             raise
 
     async def settle(self) -> None:
-        """Wait until every event folded so far is durable (or the runner has failed)."""
+        """Wait until every event folded so far is durable (or the runner has failed),
+        including those folded while it waited: it returns with none pending."""
         try:
             async with self._lock:
-                await self._flush_locked()
+                while self._pending:
+                    await self._flush_locked()
         except _Abort:
             pass
 
