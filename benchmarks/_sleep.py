@@ -59,10 +59,11 @@ def lead(runs: int, *, trace: bool) -> float:
     """Seconds from the first start to the wake-up: enough to start and measure every run.
 
     Starting a run costs two durable appends (the run, its sleep); 0.3 ms per run leaves
-    room for a slow disk, and tracemalloc makes everything about three times slower. When
-    that is not enough, the report says so (`all_asleep_before_wake`).
+    room for a slow disk, two seconds for a loaded machine, and tracemalloc makes
+    everything about three times slower. When that is not enough, the report says so
+    (`all_asleep_before_wake`).
     """
-    return (1.0 + runs * 0.0003) * (3.0 if trace else 1.0)
+    return (2.0 + runs * 0.0003) * (3.0 if trace else 1.0)
 
 
 def measure(
