@@ -205,12 +205,20 @@ def _demo(args: argparse.Namespace) -> int:
         if not db.parent.is_dir():
             _error(f"no directory {db.parent} for the demo's database")
             return EXIT_USAGE
-        if not args.child:
-            fresh_database(db)
+        try:
+            refused = None if args.child else fresh_database(db, ours=args.db == DEFAULT_DB)
+        except OSError as exc:
+            refused = (
+                f"cannot make the demo's database {db}: {exc.strerror or exc}; give --db a "
+                "path in a writable directory, or run it with --store memory"
+            )
+        if refused is not None:
+            _error(refused)
+            return EXIT_USAGE
     options = DemoOptions(runs=args.runs, steps=args.steps, seed=args.seed, db=db, child=args.child)
     try:
         return run_demo(options)
-    except AruntimeError as exc:
+    except (AruntimeError, OSError) as exc:
         _error(f"the demo stopped: {exc}")
         return EXIT_FAILED
 
