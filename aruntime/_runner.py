@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ from aruntime._log import debug_enabled, logger
 from aruntime.errors import (
     AruntimeError,
     NonDeterminismError,
+    RunIdConflictError,
     SerializationError,
     StepFailedError,
     StepTimeout,
@@ -77,6 +79,7 @@ from aruntime.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunStarted,
     SleepStarted,
     StepCompleted,
     StepFailed,
@@ -92,7 +95,15 @@ if TYPE_CHECKING:
     from aruntime.serializer import Serializer
     from aruntime.store import EventStore
 
-__all__ = ["Flusher", "Runner", "convert_result", "decode_args", "encode_args"]
+__all__ = [
+    "Flusher",
+    "Runner",
+    "check_same_start",
+    "convert_result",
+    "decode_args",
+    "encode_args",
+    "encode_start_args",
+]
 
 SERIALIZATION_ERROR = "aruntime.SerializationError"
 
@@ -122,6 +133,48 @@ def encode_args(
         raise SerializationError(
             f"workflow arguments cannot be serialized: {exc}", run_id=run_id
         ) from exc
+
+
+def encode_start_args(
+    serializer: Serializer,
+    workflow: Workflow[..., Any] | None,
+    run_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """`encode_args`, checked against `workflow`'s signature when it is known: arguments
+    that would not fit it, or not become their annotated types, are refused before the
+    run is recorded.
+
+    Raises:
+        SerializationError: the arguments cannot be serialized, or do not fit.
+    """
+    text = encode_args(serializer, run_id, args, kwargs)
+    if workflow is not None:
+        workflow.typed_args(*decode_args(serializer, run_id, text), run_id)
+    return text
+
+
+def check_same_start(
+    serializer: Serializer, started: RunStarted, workflow: str, encoded: str
+) -> None:
+    """Refuse a start of `started.run_id` that names another workflow or other arguments.
+
+    Raises:
+        RunIdConflictError: it does.
+    """
+    run_id = started.run_id
+    if started.workflow != workflow:
+        raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
+    if started.args != encoded and _canonical(serializer, run_id, started.args) != _canonical(
+        serializer, run_id, encoded
+    ):
+        raise RunIdConflictError(run_id, "with other arguments")
+
+
+def _canonical(serializer: Serializer, run_id: str, text: str) -> str:
+    """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
+    return json.dumps(decode_args(serializer, run_id, text), sort_keys=True)
 
 
 def decode_args(serializer: Serializer, run_id: str, text: str) -> tuple[list[Any], dict[str, Any]]:
@@ -298,7 +351,9 @@ class Runner:
         if state.status.terminal:
             return
         assert state.args is not None
-        args, kwargs = decode_args(self._serializer, self.run_id, state.args)
+        args, kwargs = self._workflow.typed_args(
+            *decode_args(self._serializer, self.run_id, state.args), self.run_id
+        )
         root = asyncio.current_task()
         assert root is not None
         self._root = root

@@ -12,24 +12,22 @@ milliseconds while anybody waits, and each waiter reads its run again only after
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from aruntime._definitions import Workflow, lookup_workflow
-from aruntime._runner import convert_result, encode_args
+from aruntime._definitions import Workflow, check_timeout, lookup_workflow
+from aruntime._runner import check_same_start, convert_result, encode_start_args
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
     ConfigError,
     CorruptLogError,
     RunCancelledError,
-    RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
 )
-from aruntime.events import RunCancelled, RunCompleted, RunFailed
+from aruntime.events import RunCancelled, RunCompleted, RunFailed, RunStarted
 from aruntime.runtime import _failure, check_run_id
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, replay
@@ -136,15 +134,12 @@ class Client:
         self._require_open()
         name, typed = _workflow_name(workflow)
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
-        if timeout is not None and not (
-            isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
-        ):
-            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
-        info = await self.store.get_run(run_id)
-        if info is not None and info.workflow != name:
-            raise RunIdConflictError(run_id, f"as a run of workflow {info.workflow!r}")
-        if info is None:
+        check_timeout(timeout)
+        encoded = encode_start_args(self.serializer, typed, run_id, args, dict(kwargs))
+        first = (await self.store.events_for(run_id))[:1]
+        if first and isinstance(first[0], RunStarted):
+            check_same_start(self.serializer, first[0], name, encoded)
+        else:
             await self.store.post(
                 Request(
                     kind=RequestKind.START,

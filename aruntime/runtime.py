@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random as _random
 import uuid
@@ -22,7 +21,7 @@ from aruntime._definitions import (
 )
 from aruntime._inbox import Inbox
 from aruntime._log import logger
-from aruntime._runner import convert_result, decode_args, encode_args
+from aruntime._runner import check_same_start, convert_result, encode_start_args
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
@@ -32,7 +31,6 @@ from aruntime.errors import (
     InvalidRunIdError,
     RunCancelledError,
     RunFailedError,
-    RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
     StoreError,
@@ -324,7 +322,7 @@ class Runtime:
                 f"workflow {workflow.name!r} is not the one this runtime runs under that name"
             )
         check_timeout(timeout)
-        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
+        encoded = encode_start_args(self.serializer, workflow, run_id, args, dict(kwargs))
         now = self.clock.now()
         event = RunStarted(
             sequence=1,
@@ -360,18 +358,8 @@ class Runtime:
         first = (await self.store.events_for(run_id))[:1]
         if not first or not isinstance(first[0], RunStarted):
             raise RunNotFoundError(run_id)
-        started = first[0]
-        if started.workflow != workflow.name:
-            raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
-        if started.args != encoded and self._canonical(run_id, started.args) != self._canonical(
-            run_id, encoded
-        ):
-            raise RunIdConflictError(run_id, "with other arguments")
+        check_same_start(self.serializer, first[0], workflow.name, encoded)
         return RunHandle(self, run_id, workflow)
-
-    def _canonical(self, run_id: str, text: str) -> str:
-        """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
-        return json.dumps(decode_args(self.serializer, run_id, text), sort_keys=True)
 
     def handle(self, run_id: str) -> RunHandle[Any]:
         """A handle on an existing run (checked when used)."""

@@ -294,12 +294,25 @@ async def test_same_run_id_with_other_arguments_conflicts() -> None:
         assert await rt.store.events_for("taken") == before
 
 
+@workflow
+async def echo_untyped(value):  # type: ignore[no-untyped-def]
+    return value
+
+
 async def test_same_run_id_with_arguments_equal_only_in_python_conflicts() -> None:
     """`True` is another argument than `1` (they differ in the log), so the id conflicts."""
     async with runtime() as rt:
-        await (await start(rt, double_once, 1, run_id="taken")).result()
+        await (await start(rt, echo_untyped, 1, run_id="taken")).result()
         with pytest.raises(RunIdConflictError):
-            await start(rt, double_once, True, run_id="taken")
+            await start(rt, echo_untyped, True, run_id="taken")
+
+
+async def test_an_argument_that_cannot_become_its_annotated_type_is_refused_at_start() -> None:
+    """`True` for a parameter annotated `int` is refused before anything is recorded."""
+    async with runtime() as rt:
+        with pytest.raises(aruntime.SerializationError, match=r"'x'.*cannot become int"):
+            await start(rt, double_once, True, run_id="typed")
+        assert await rt.store.events_for("typed") == []
 
 
 async def test_same_run_id_with_another_workflow_conflicts() -> None:
