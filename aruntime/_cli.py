@@ -124,9 +124,11 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help=f"inspect the runs in a database (--db or ${DB_VARIABLE}; read-only)",
-        description=f"Inspect the runs in a database, read-only. The database is --db, or "
-        f"else the environment variable {DB_VARIABLE}; there is no default.",
+        help=f"inspect, wait for, cancel, resume and remove runs (--db or ${DB_VARIABLE})",
+        description=f"Inspect the runs in a database (list, show and wait only read it, and "
+        "work on a file you cannot write), or ask its owner to cancel or resume one, or "
+        f"remove ended runs. The database is --db, or else the environment variable "
+        f"{DB_VARIABLE}; there is no default.",
     )
     runs_commands = runs.add_subparsers(required=True, metavar="COMMAND")
     listing = runs_commands.add_parser("list", parents=[common], help="list runs")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import math
 import signal
 import sys
+import urllib.parse
 from typing import Any
 
 from aruntime._definitions import Workflow, registered_workflows
@@ -49,7 +51,7 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=_grace,
         default=10.0,
         metavar="SECONDS",
         help="how long steps in flight at the stop signal may take to finish (10)",
@@ -57,8 +59,20 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
     worker.set_defaults(handler=_worker)
 
 
+def _grace(text: str) -> float:
+    """`--grace`: a finite number of seconds >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return seconds
+
+
 def _worker(args: argparse.Namespace) -> int:
-    url: str = args.db if "://" in args.db else f"sqlite:///{args.db}"
+    # A path goes into the URL quoted: it may hold `?` or `%xx`.
+    url: str = args.db if "://" in args.db else f"sqlite:///{urllib.parse.quote(args.db)}"
     try:
         workflows = _import(args.modules)
     except (ImportError, AruntimeError) as exc:
@@ -71,7 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        asyncio.run(_serve(url, workflows, max(0.0, args.grace)))
+        asyncio.run(_serve(url, workflows, args.grace))
     except AruntimeError as exc:
         print(f"aruntime: {exc}", file=sys.stderr)
         return EXIT_USAGE

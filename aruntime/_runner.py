@@ -79,7 +79,6 @@ from aruntime.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
-    RunStarted,
     SleepStarted,
     StepCompleted,
     StepFailed,
@@ -156,17 +155,23 @@ def encode_start_args(
 
 
 def check_same_start(
-    serializer: Serializer, started: RunStarted, workflow: str, encoded: str
+    serializer: Serializer,
+    run_id: str,
+    recorded_workflow: str,
+    recorded_args: str,
+    *,
+    workflow: str,
+    encoded: str,
 ) -> None:
-    """Refuse a start of `started.run_id` that names another workflow or other arguments.
+    """Refuse a start of `run_id` (of `workflow` with `encoded` arguments) when the run
+    recorded, or the start already asked for, names another workflow or other arguments.
 
     Raises:
         RunIdConflictError: it does.
     """
-    run_id = started.run_id
-    if started.workflow != workflow:
-        raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
-    if started.args != encoded and _canonical(serializer, run_id, started.args) != _canonical(
+    if recorded_workflow != workflow:
+        raise RunIdConflictError(run_id, f"as a run of workflow {recorded_workflow!r}")
+    if recorded_args != encoded and _canonical(serializer, run_id, recorded_args) != _canonical(
         serializer, run_id, encoded
     ):
         raise RunIdConflictError(run_id, "with other arguments")

@@ -358,7 +358,15 @@ class Runtime:
         first = (await self.store.events_for(run_id))[:1]
         if not first or not isinstance(first[0], RunStarted):
             raise RunNotFoundError(run_id)
-        check_same_start(self.serializer, first[0], workflow.name, encoded)
+        started = first[0]
+        check_same_start(
+            self.serializer,
+            run_id,
+            started.workflow,
+            started.args,
+            workflow=workflow.name,
+            encoded=encoded,
+        )
         return RunHandle(self, run_id, workflow)
 
     def handle(self, run_id: str) -> RunHandle[Any]:
