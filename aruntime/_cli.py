@@ -127,9 +127,11 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help=f"inspect the runs in a database (--db or ${DB_VARIABLE}; read-only)",
-        description=f"Inspect the runs in a database, read-only. The database is --db, or "
-        f"else the environment variable {DB_VARIABLE}; there is no default.",
+        help=f"inspect, wait for, cancel, resume and remove runs (--db or ${DB_VARIABLE})",
+        description=f"Inspect the runs in a database (list, show and wait only read it, and "
+        "work on a file you cannot write), or ask its owner to cancel or resume one, or "
+        f"remove ended runs. The database is --db, or else the environment variable "
+        f"{DB_VARIABLE}; there is no default.",
     )
     runs_commands = runs.add_subparsers(required=True, metavar="COMMAND")
     listing = runs_commands.add_parser("list", parents=[common], help="list runs")
@@ -208,12 +210,20 @@ def _demo(args: argparse.Namespace) -> int:
         if not db.parent.is_dir():
             _error(f"no directory {db.parent} for the demo's database")
             return EXIT_USAGE
-        if not args.child:
-            fresh_database(db)
+        try:
+            refused = None if args.child else fresh_database(db, ours=args.db == DEFAULT_DB)
+        except OSError as exc:
+            refused = (
+                f"cannot make the demo's database {db}: {exc.strerror or exc}; give --db a "
+                "path in a writable directory, or run it with --store memory"
+            )
+        if refused is not None:
+            _error(refused)
+            return EXIT_USAGE
     options = DemoOptions(runs=args.runs, steps=args.steps, seed=args.seed, db=db, child=args.child)
     try:
         return run_demo(options)
-    except AruntimeError as exc:
+    except (AruntimeError, OSError) as exc:
         _error(f"the demo stopped: {exc}")
         return EXIT_FAILED
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aruntime.client import Client
-from aruntime.errors import AruntimeError, ConfigError, RunNotFoundError
+from aruntime.errors import AruntimeError, ConfigError, RunNotFoundError, StoreReadOnlyError
 from aruntime.state import RunStatus
 
 __all__ = ["add_runs_commands", "parse_age"]
@@ -125,16 +125,29 @@ def _with_client(args: argparse.Namespace, command: _Command) -> int:
         named = "" if source == "--db" else f" (named by {source})"
         return _fail(f"no database at {path}{named}", EXIT_USAGE)
     args.db = path
-    return asyncio.run(_run(path, f"sqlite:///{path.absolute()}", command, args))
+    return asyncio.run(_run(path, command, args))
 
 
-async def _run(path: Path, url: str, command: _Command, args: argparse.Namespace) -> int:
-    client = Client(url)
+async def _run(path: Path, command: _Command, args: argparse.Namespace) -> int:
+    from aruntime.store.sqlite import SqliteConfig, SqliteStore  # noqa: PLC0415 - loads sqlite3 on use
+
+    # The store object, not a URL made of the path: a path may hold `?` or `%xx`.
+    store = SqliteStore(path, SqliteConfig(owner=False))
     try:
-        await client.open()
+        await store.open()
+    except StoreReadOnlyError as exc:
+        if command is not _wait:  # waiting only reads: a file it cannot write will do
+            return _fail(f"cannot open {path}: {exc}", EXIT_USAGE)
+        store = SqliteStore(path, SqliteConfig(owner=False, read_only=True))
+        try:
+            await store.open()
+        except AruntimeError as again:
+            return _fail(f"cannot open {path}: {again}", EXIT_USAGE)
     except AruntimeError as exc:
         return _fail(f"cannot open {path}: {exc}", EXIT_USAGE)
+    client = Client(store)
     try:
+        await client.open()
         return await command(client, args)
     except RunNotFoundError:
         return _fail(f"no run {args.run_id!r} in {path}", EXIT_FAILED)
@@ -142,6 +155,7 @@ async def _run(path: Path, url: str, command: _Command, args: argparse.Namespace
         return _fail(str(exc), EXIT_FAILED)
     finally:
         await client.aclose()
+        await store.aclose()
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:

@@ -5,9 +5,10 @@
 The modules are imported (the current directory first on the path, as `python -m` does),
 and the worker opens `Runtime(db, workflows=<what they registered>)`: it resumes their
 unfinished runs, applies the inbox, and leaves the runs of other workflows for a runtime
-that knows them. On SIGTERM or SIGINT it stops taking requests, lets the step bodies in
-flight at that moment finish for up to `--grace` seconds, then closes: whatever is still
-in flight is left to recovery (the next runtime runs it again, at least once).
+that knows them. On SIGTERM or SIGINT it closes with `Runtime.aclose(grace=...)`: it stops
+taking requests and starting operations, lets the step bodies in flight finish for up to
+`--grace` seconds with their outcomes recorded, then stops; whatever is still in flight is
+left to recovery (the next runtime runs it again, at least once).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import math
 import signal
 import sys
-import time
+import urllib.parse
 from typing import Any
 
 from aruntime._definitions import Workflow, registered_workflows
 from aruntime._log import logger
 from aruntime.errors import AruntimeError
 from aruntime.runtime import Runtime
-from aruntime.state import StepStatus
 
 __all__ = ["add_worker_command"]
 
@@ -50,7 +51,7 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=_grace,
         default=10.0,
         metavar="SECONDS",
         help="how long steps in flight at the stop signal may take to finish (10)",
@@ -58,8 +59,20 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
     worker.set_defaults(handler=_worker)
 
 
+def _grace(text: str) -> float:
+    """`--grace`: a finite number of seconds >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return seconds
+
+
 def _worker(args: argparse.Namespace) -> int:
-    url: str = args.db if "://" in args.db else f"sqlite:///{args.db}"
+    # A path goes into the URL quoted: it may hold `?` or `%xx`.
+    url: str = args.db if "://" in args.db else f"sqlite:///{urllib.parse.quote(args.db)}"
     try:
         workflows = _import(args.modules)
     except (ImportError, AruntimeError) as exc:
@@ -72,7 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        asyncio.run(_serve(url, workflows, max(0.0, args.grace)))
+        asyncio.run(_serve(url, workflows, args.grace))
     except AruntimeError as exc:
         print(f"aruntime: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -103,32 +116,9 @@ async def _serve(url: str, workflows: list[Workflow[..., Any]], grace: float) ->
     try:
         await stop.wait()
         logger.info("worker.stopping", grace=grace)
-        await _drain(rt, grace)
+        await rt.aclose(grace=grace)
     finally:
         await rt.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     logger.info("worker.stopped")
-
-
-async def _drain(rt: Runtime, grace: float) -> None:
-    """Wait up to `grace` seconds for the step bodies in flight now to finish."""
-    supervisor = rt._require_supervisor()
-    if rt._inbox_task is not None:
-        rt._inbox_task.cancel()  # no new requests while draining
-    in_flight = {
-        (run_id, identity)
-        for run_id, runner in list(supervisor._runners.items())
-        for identity, s in runner.state.steps.items()
-        if s.status is StepStatus.RUNNING
-    }
-    deadline = time.monotonic() + grace
-    while in_flight and time.monotonic() < deadline:
-        in_flight = {
-            (run_id, identity)
-            for run_id, identity in in_flight
-            if (runner := supervisor.runner(run_id)) is not None
-            and (s := runner.state.steps.get(identity)) is not None
-            and s.status is StepStatus.RUNNING
-        }
-        await asyncio.sleep(0.01)

@@ -10,13 +10,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+import msgspec
+
 from aruntime import _context
-from aruntime.errors import ConfigError
+from aruntime.errors import ConfigError, SerializationError
 from aruntime.retry import RetryPolicy
 
 __all__ = [
     "Step",
     "Workflow",
+    "check_seconds",
     "check_timeout",
     "registered_workflows",
     "sequence",
@@ -147,12 +150,13 @@ class Step(Generic[P, R]):
 class Workflow(Generic[P, R]):
     """An `async def` that calls steps; its code outside steps must be deterministic."""
 
-    __slots__ = ("__dict__", "_result_type", "fn", "name")
+    __slots__ = ("__dict__", "_params", "_result_type", "fn", "name")
 
     def __init__(self, fn: Callable[P, Awaitable[R]], *, name: str) -> None:
         self.fn = fn
         self.name = name
         self._result_type: Any = _UNRESOLVED
+        self._params: Any = _UNRESOLVED
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -162,8 +166,77 @@ class Workflow(Generic[P, R]):
             self._result_type = _return_type(self.fn)
         return self._result_type
 
+    def typed_args(
+        self, args: list[Any], kwargs: dict[str, Any], run_id: str
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Recorded arguments, each converted to its parameter's annotation as results are
+        (a `datetime` comes back a `datetime`, a `tuple` a `tuple`); parameters without
+        one, or annotated with a type the converter does not know, get what was decoded.
+
+        Raises:
+            SerializationError: the arguments do not fit the signature, or one cannot
+                become its parameter's type.
+        """
+        if self._params is _UNRESOLVED:
+            self._params = _typed_params(self.fn)
+        params = self._params
+        if params is None:
+            return args, kwargs
+        signature, hints = params
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise SerializationError(
+                f"the arguments do not fit {self.name}(): {exc}", run_id=run_id
+            ) from None
+        arguments = bound.arguments
+        for name, value in arguments.items():
+            hint = hints.get(name)
+            if hint is None:
+                continue
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                arguments[name] = tuple(_to_type(run_id, name, v, hint) for v in value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                arguments[name] = {k: _to_type(run_id, k, v, hint) for k, v in value.items()}
+            else:
+                arguments[name] = _to_type(run_id, name, value, hint)
+        return list(bound.args), dict(bound.kwargs)
+
     def __repr__(self) -> str:
         return f"<aruntime workflow {self.name!r}>"
+
+
+def _typed_params(fn: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]] | None:
+    """The signature of `fn` and its parameters' resolved annotations (not `Any`); None
+    when no parameter has one, or they cannot be resolved."""
+    try:
+        hints = typing.get_type_hints(fn)
+        signature = inspect.signature(fn)
+    except Exception:  # an annotation that cannot be resolved: the arguments as decoded
+        return None
+    typed = {
+        name: hint
+        for name, hint in hints.items()
+        if name in signature.parameters and hint is not Any
+    }
+    return (signature, typed) if typed else None
+
+
+def _to_type(run_id: str, name: str, value: Any, hint: Any) -> Any:
+    try:
+        return msgspec.convert(value, hint, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SerializationError(
+            f"argument {name!r} = {value!r:.60} cannot become {_hint_name(hint)}: {exc}",
+            run_id=run_id,
+        ) from None
+    except TypeError:  # a type the converter does not know: leave the value as decoded
+        return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__qualname__", None) or repr(hint)
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -172,16 +245,26 @@ def check_timeout(timeout: object) -> float | None:
     Raises:
         ConfigError: anything else.
     """
-    if timeout is None:
+    return check_seconds(timeout, "timeout", zero=False)
+
+
+def check_seconds(value: object, what: str, *, zero: bool) -> float | None:
+    """None, or `value` as a finite number of seconds, > 0 (>= 0 with `zero`), not a bool.
+
+    Raises:
+        ConfigError: anything else, naming `what`.
+    """
+    if value is None:
         return None
     if (
-        isinstance(timeout, int | float)
-        and not isinstance(timeout, bool)
-        and math.isfinite(timeout)
-        and timeout > 0
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
     ):
-        return float(timeout)
-    raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        return float(value)
+    bound = ">= 0" if zero else "> 0"
+    raise ConfigError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
 
 
 @overload

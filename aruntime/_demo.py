@@ -27,6 +27,7 @@ runtime did with what the plan or the log says; the summary prints which failed.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -71,10 +72,52 @@ class DemoOptions:
     """Run phase b's workload as the child process, writing to `db`, until killed."""
 
 
-def fresh_database(path: Path) -> None:
-    """Delete a database file and its WAL and shared-memory files, if present."""
+DEMO_WORKFLOWS = ("aruntime.demo", "aruntime.demo.%")
+"""The names (SQL LIKE patterns) of the demo's own workflows."""
+
+
+def fresh_database(path: Path, *, ours: bool) -> str | None:
+    """Make way for the demo's database at `path`; None when done, else why not.
+
+    The file and its WAL and shared-memory files are deleted when there is no file, when
+    it holds nothing but the demo's own runs, or, with `ours` (the demo's default file
+    name), when it is no database at all (a left-over). A database that holds any other
+    run, or any other file the user named, is left alone.
+    """
+    if path.exists():
+        foreign = _foreign_run(path)
+        if foreign is not None and (foreign != "" or not ours):
+            what = (
+                f"holds run {foreign!r}, which is not the demo's"
+                if foreign
+                else "is not a database the demo made"
+            )
+            return (
+                f"{path} {what}: the demo makes its database afresh and leaves this file "
+                "alone; give it another --db"
+            )
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return None
+
+
+def _foreign_run(path: Path) -> str | None:
+    """The id of a run in `path` that is not the demo's; "" if `path` is no aruntime
+    database; None if every run in it is the demo's."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return ""
+    try:
+        row = conn.execute(
+            "SELECT run_id FROM runs WHERE workflow != ? AND workflow NOT LIKE ? LIMIT 1",
+            DEMO_WORKFLOWS,
+        ).fetchone()
+    except sqlite3.Error:
+        return ""
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
 
 
 def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from aruntime.errors import (
     CorruptLogError,
     RunNotFoundError,
     SerializationError,
+    StoreCorruptError,
     StoreError,
 )
 from aruntime.events import RunStarted
@@ -137,6 +138,14 @@ class Inbox:
             await effect
         except RunNotFoundError:
             logger.warning("inbox.run_not_found", run_id=request.run_id, kind=request.kind.value)
+        except (CorruptLogError, StoreCorruptError) as exc:
+            if exc.run_id != request.run_id:
+                raise  # the store, not this run: try again later
+            # The run's log cannot be read until it is repaired: retrying would hold back
+            # every later request of every run, so this one is refused (the run is parked).
+            logger.error(
+                "inbox.refused", run_id=request.run_id, kind=request.kind.value, error=str(exc)
+            )
         await self._store.consume(request.id)
 
     async def _start(self, request: Request) -> None:

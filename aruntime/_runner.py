@@ -35,13 +35,13 @@ first operation that is not simply replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
 from aruntime import _context, _runner_ops
 from aruntime._decide import (
@@ -65,9 +65,11 @@ from aruntime._values import (
     AppendInterruptedError,
     _Abort,
     args_digest,
+    check_same_start,
     convert_result,
     decode_args,
     encode_args,
+    encode_start_args,
 )
 from aruntime.errors import (
     AruntimeError,
@@ -99,9 +101,44 @@ if TYPE_CHECKING:
     from aruntime.serializer import Serializer
     from aruntime.store import EventStore
 
-__all__ = ["Runner", "convert_result", "decode_args", "encode_args"]
+__all__ = [
+    "Flusher",
+    "Runner",
+    "check_same_start",
+    "convert_result",
+    "decode_args",
+    "encode_args",
+    "encode_start_args",
+]
 
 SERIALIZATION_ERROR = "aruntime.SerializationError"
+
+
+class Flusher:
+    """Hands on, once per turn of the event loop, the outcomes that runs folded without
+    waiting and have not appended since (see `Runner._append_later`).
+
+    Usually a run's next append has taken them along by then, and the turn finds nothing
+    to do; sharing the turn among every run of a runtime keeps that check off each step.
+    """
+
+    __slots__ = ("_due", "_scheduled")
+
+    def __init__(self) -> None:
+        self._due: list[Runner] = []
+        self._scheduled = False
+
+    def add(self, runner: Runner) -> None:
+        self._due.append(runner)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        due, self._due = self._due, []
+        for runner in due:
+            runner._flush_soon()
 
 
 class Runner:
@@ -109,13 +146,16 @@ class Runner:
 
     __slots__ = (
         "_abort",
+        "_bodies",
         "_branches",
         "_cancels_issued",
         "_clock",
         "_closing",
         "_debug",
         "_delivered",
+        "_draining",
         "_flush_scheduled",
+        "_flusher",
         "_helpers",
         "_lock",
         "_loop",
@@ -149,6 +189,7 @@ class Runner:
         random: Callable[[], float],
         lock: asyncio.Lock,
         previous_death: BaseException | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         assert state.run_id is not None
         self.run_id: str = state.run_id
@@ -167,6 +208,7 @@ class Runner:
         self._pending: list[Event] = []
         """Events folded into `state` and not yet handed to the store, in order."""
         self._flush_scheduled = False
+        self._flusher = Flusher() if flusher is None else flusher
         self._helpers: set[asyncio.Task[Any]] = set()
         self._branches: set[asyncio.Task[Any]] = set()
         self._visited: set[str] = set()
@@ -176,6 +218,9 @@ class Runner:
         self._reaped = False
         self._workflow_done = False
         self._closing = False
+        self._draining = False
+        self._bodies = 0
+        """Step bodies running now (one per branch at most)."""
         self._root: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mail = asyncio.Event()
@@ -201,7 +246,9 @@ class Runner:
         if state.status.terminal:
             return
         assert state.args is not None
-        args, kwargs = decode_args(self._serializer, self.run_id, state.args)
+        args, kwargs = self._workflow.typed_args(
+            *decode_args(self._serializer, self.run_id, state.args), self.run_id
+        )
         root = asyncio.current_task()
         assert root is not None
         self._root = root
@@ -217,7 +264,13 @@ class Runner:
                     self._helper(self._watch_deadline(state.deadline))
             await self._run(args, kwargs)
         except _Abort as abort:  # from the workflow's operations, or from the final append
+            if self._draining and not self._closing and self._abort is None:
+                await self.settle()  # the outcomes of the bodies that finished meanwhile
             raise abort.cause from None
+        except BaseExceptionGroup:  # an _Abort from a TaskGroup branch comes wrapped
+            if self._abort is not None:
+                raise self._abort from None
+            raise
         finally:
             _context._BRANCH.reset(token)
             self._workflow_done = True
@@ -304,7 +357,18 @@ class Runner:
         """The runtime is closing: from now on the workflow starts no operation and the
         run appends nothing more. Its cancellation, delivered next, is not recorded; what
         the workflow's cleanup code would do is left to the runtime that resumes the run."""
-        self._closing = True
+        self._closing = self._draining = True
+
+    def drain(self) -> None:
+        """The runtime is about to close: the step bodies running now may finish and their
+        outcomes are recorded, but the workflow starts no operation after them (the
+        attempt raises `CancelledError`); the run resumes there in the next runtime."""
+        self._draining = True
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step body of this run is running now."""
+        return self._bodies > 0
 
     def _check_no_unvisited_operations(self) -> None:
         state = self.state
@@ -353,7 +417,7 @@ class Runner:
         self._buffer(kind, fields)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._flusher.add(self)
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
@@ -392,10 +456,12 @@ class Runner:
             raise
 
     async def settle(self) -> None:
-        """Wait until every event folded so far is durable (or the runner has failed)."""
+        """Wait until every event folded so far is durable (or the runner has failed),
+        including those folded while it waited: it returns with none pending."""
         try:
             async with self._lock:
-                await self._flush_locked()
+                while self._pending:
+                    await self._flush_locked()
         except _Abort:
             pass
 
@@ -474,7 +540,7 @@ class Runner:
                 return False
             try:
                 await self._flush_locked()  # the outcomes folded before it go first
-                await self._append_unfolded(
+                await self._append_cancel_request(
                     CancelRequested(sequence=state.version + 1, at=self._clock.now(), reason=reason)
                 )
             except _Abort as abort:
@@ -482,14 +548,15 @@ class Runner:
                 raise abort.cause from None
         logger.info("run.cancel_requested", run_id=self.run_id, reason=reason)
         if not self._workflow_done and not self._closing:  # else the next runtime delivers it
-            self._deliver(asyncio.current_task())
+            self._deliver(None)
         return True
 
-    async def _append_unfolded(self, event: Event) -> None:
+    async def _append_cancel_request(self, event: CancelRequested) -> None:
         """Append `event` and fold it only once the log holds it.
 
         A store error that leaves it out of the log leaves the runner as it was, and is
-        raised. One that leaves it unknown is settled by reading the log back.
+        raised. One that leaves it unknown is settled by reading the log back. Outcomes
+        the workflow folded meanwhile (a body that returned) go to the log after it.
         """
         if self._abort is not None:
             raise _Abort(self._abort)
@@ -508,6 +575,16 @@ class Runner:
             self._fail(AppendInterruptedError(self.run_id))
             self._stop_root()
             raise
+        pending = self._pending
+        if pending and pending[0].sequence == event.sequence:
+            # Events folded while the request was in flight (the lock held back their
+            # append): the log holds the request first, so they move one place on. The
+            # fold of a CancelRequested only sets the reason, which none of them reads,
+            # so folding it after them gives the state the log's order gives.
+            self._pending = [msgspec.structs.replace(e, sequence=e.sequence + 1) for e in pending]
+            self.state.cancel_reason = event.reason
+            self.state.version += 1
+            return
         fold_into(self.state, (event,))
 
     def _deliver(self, here: asyncio.Task[Any] | None) -> None:
@@ -559,8 +636,11 @@ class Runner:
             if self.state.cancel_reason is not None or self.state.status.terminal:
                 return
             await clock.sleep(deadline - clock.now())
-        with contextlib.suppress(_Abort):  # the run's own operations raise it
+        try:
             await self.request_cancel("timeout")
+        except Exception as exc:  # not recorded, or unknown: the respawned runner decides
+            self._fail(exc)
+            self._stop_root()
 
     # -- operations --------------------------------------------------------------------
 
@@ -569,6 +649,8 @@ class Runner:
         if branch is None or branch.runner is not self:
             raise self._fail(UntrackedTaskError(self.run_id, what))
         self.check_owner(branch, what)
+        if self._draining:
+            raise self._refusal()
         position = branch.position = branch.position + 1
         identity = op_identity(branch.path, position)
         self._visited.add(identity)
@@ -671,6 +753,7 @@ class Runner:
         token = _context._STEP.set(
             _context.StepContext(self.run_id, name, position, attempt, branch.path)
         )
+        self._bodies += 1
         try:
             if step.timeout is None:
                 value = await step.fn(*args, **kwargs)
@@ -681,6 +764,7 @@ class Runner:
         else:
             failure = None
         finally:
+            self._bodies -= 1
             _context._STEP.reset(token)
         if failure is None:
             try:
@@ -710,7 +794,8 @@ class Runner:
             if self._debug:
                 logger.debug("step.completed", run_id=self.run_id, step=name, attempt=attempt)
             return _Done(decoded)
-        delay = step.retry.next_delay(attempt, failure, self._random)
+        counted = attempt - self.state.steps[identity].set_aside
+        delay = step.retry.next_delay(counted, failure, self._random)
         retry_at = None if delay is None else self._clock.now() + delay
         self._record_failure(
             branch,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aruntime._definitions import Workflow
 from aruntime._log import logger
-from aruntime._runner import Runner
+from aruntime._runner import Flusher, Runner
 from aruntime.errors import (
     ConfigError,
     CorruptLogError,
@@ -148,11 +148,22 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, Runner] = {}
         self._crashes: dict[str, _Crash] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._moved: set[str] = set()
         self._closing = False
+        self._flusher = Flusher()
         self.stats = SupervisorStats()
 
     def supervising(self, run_id: str) -> bool:
         return run_id in self._tasks
+
+    def run_lock(self, run_id: str) -> asyncio.Lock | None:
+        """Held while the run's task reads its log and builds its runner."""
+        return self._locks.get(run_id)
+
+    def log_moved(self, run_id: str) -> None:
+        """Someone appended to the log of a supervised run that has no runner."""
+        self._moved.add(run_id)
 
     def runner(self, run_id: str) -> Runner | None:
         """The live runner of `run_id` in this runtime, if it has one."""
@@ -174,6 +185,7 @@ class Supervisor:
         if run_id in self._tasks or self._closing:
             return
         self.stats.spawned += 1
+        self._locks[run_id] = asyncio.Lock()
         self._tasks[run_id] = self._group.create_task(
             self._supervise(run_id, state), name=f"aruntime run {run_id}"
         )
@@ -190,6 +202,18 @@ class Supervisor:
             runner.shut_down()
         for task in self._tasks.values():
             task.cancel()
+
+    def drain(self) -> None:
+        """Spawn and respawn no more; let each run finish the step bodies it is running
+        and stop at its next operation (see `Runner.drain`)."""
+        self._closing = True
+        for runner in self._runners.values():
+            runner.drain()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step body of some run is running now."""
+        return any(runner.busy for runner in self._runners.values())
 
     async def crash(self, run_id: str) -> tuple[RunState, RunState]:
         """Kill the run's task as a crash would; return (state before, state replayed).
@@ -212,29 +236,21 @@ class Supervisor:
 
     async def _supervise(self, run_id: str, state: RunState | None) -> None:
         restarts: collections.deque[float] = collections.deque()
-        lock = asyncio.Lock()
+        lock = self._locks[run_id]
         death: BaseException | None = None
         try:
             while True:
                 try:
-                    if state is None:
-                        state = await self._replay(run_id)
+                    async with lock:
+                        if state is None or run_id in self._moved:
+                            self._moved.discard(run_id)
+                            state = await self._replay(run_id)
                     if state.version == 0:
                         return  # no such run: a start whose append did not commit
                     await self._run(run_id, state, lock, death)
                     return
                 except asyncio.CancelledError as exc:
-                    task = asyncio.current_task()
-                    assert task is not None
-                    cancels = task.cancelling()
-                    if cancels == 1 and run_id in self._crashes:
-                        task.uncancel()  # our own crash injection: respawn
-                        reason: BaseException | str = "crash injected by aruntime.testing.crash_run"
-                        death = None
-                    elif cancels:
-                        raise  # the runtime is shutting down: record nothing
-                    else:
-                        reason = death = exc  # a stray CancelledError from a step body
+                    reason, death = self._cancelled(run_id, exc)
                 except UnknownWorkflowError as exc:  # left for a runtime that knows it
                     logger.info(
                         "run.left_for_another_runtime", run_id=run_id, workflow=exc.workflow
@@ -253,18 +269,37 @@ class Supervisor:
                 finally:
                     self._runners.pop(run_id, None)
                 state = None
-                lock = asyncio.Lock()
+                lock = self._locks[run_id] = asyncio.Lock()
                 if self._closing:
                     return  # died while the runtime closes: it resumes next time
                 if not await self._may_respawn(run_id, restarts, reason):
                     return
         finally:
             self._tasks.pop(run_id, None)
+            self._locks.pop(run_id, None)
+            self._moved.discard(run_id)
             crash = self._crashes.pop(run_id, None)
             if crash is not None and not crash.after.done():
                 crash.after.cancel()
             ended = state is not None and state.status.terminal
             self._on_exit(run_id, state if ended else None)
+
+    def _cancelled(
+        self, run_id: str, exc: asyncio.CancelledError
+    ) -> tuple[BaseException | str, BaseException | None]:
+        """Why the run's task got `exc`, as (reason, death) for a respawn; raises it on
+        when the runtime is closing."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancels = task.cancelling()
+        if cancels == 1 and run_id in self._crashes:
+            task.uncancel()  # our own crash injection: respawn
+            return "crash injected by aruntime.testing.crash_run", None
+        if cancels and self._closing:
+            raise exc  # the runtime is shutting down: record nothing
+        for _ in range(cancels):
+            task.uncancel()  # nobody meant the run: a body cancelled its own task
+        return exc, exc  # a stray CancelledError from a step body
 
     async def _replay(self, run_id: str) -> RunState:
         state = replay(await self._store.events_for(run_id))
@@ -278,7 +313,7 @@ class Supervisor:
     ) -> None:
         runner = self._runner_for(run_id, state, lock, death)
         if self._closing:
-            runner.shut_down()
+            runner.shut_down()  # created while the runtime closes: it starts nothing
         self._runners[run_id] = runner
         await runner.run()
 
@@ -326,6 +361,7 @@ class Supervisor:
             random=self._random,
             lock=lock,
             previous_death=death,
+            flusher=self._flusher,
         )
 
     async def _park(self, run_id: str, reason: BaseException | str) -> None:

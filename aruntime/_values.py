@@ -3,22 +3,26 @@ control-flow exception, and the digest that checks a step's arguments on replay.
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from aruntime.errors import AruntimeError, SerializationError
+from aruntime.errors import AruntimeError, RunIdConflictError, SerializationError
 
 if TYPE_CHECKING:
+    from aruntime._definitions import Workflow
     from aruntime.serializer import Serializer
 
 __all__ = [
     "AppendInterruptedError",
     "args_digest",
+    "check_same_start",
     "convert_result",
     "decode_args",
     "encode_args",
+    "encode_start_args",
 ]
 
 
@@ -47,6 +51,54 @@ def encode_args(
         raise SerializationError(
             f"workflow arguments cannot be serialized: {exc}", run_id=run_id
         ) from exc
+
+
+def encode_start_args(
+    serializer: Serializer,
+    workflow: Workflow[..., Any] | None,
+    run_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """`encode_args`, checked against `workflow`'s signature when it is known: arguments
+    that would not fit it, or not become their annotated types, are refused before the
+    run is recorded.
+
+    Raises:
+        SerializationError: the arguments cannot be serialized, or do not fit.
+    """
+    text = encode_args(serializer, run_id, args, kwargs)
+    if workflow is not None:
+        workflow.typed_args(*decode_args(serializer, run_id, text), run_id)
+    return text
+
+
+def check_same_start(
+    serializer: Serializer,
+    run_id: str,
+    recorded_workflow: str,
+    recorded_args: str,
+    *,
+    workflow: str,
+    encoded: str,
+) -> None:
+    """Refuse a start of `run_id` (of `workflow` with `encoded` arguments) when the run
+    recorded, or the start already asked for, names another workflow or other arguments.
+
+    Raises:
+        RunIdConflictError: it does.
+    """
+    if recorded_workflow != workflow:
+        raise RunIdConflictError(run_id, f"as a run of workflow {recorded_workflow!r}")
+    if recorded_args != encoded and _canonical(serializer, run_id, recorded_args) != _canonical(
+        serializer, run_id, encoded
+    ):
+        raise RunIdConflictError(run_id, "with other arguments")
+
+
+def _canonical(serializer: Serializer, run_id: str, text: str) -> str:
+    """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
+    return json.dumps(decode_args(serializer, run_id, text), sort_keys=True)
 
 
 def decode_args(serializer: Serializer, run_id: str, text: str) -> tuple[list[Any], dict[str, Any]]:

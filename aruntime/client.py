@@ -12,14 +12,14 @@ milliseconds while anybody waits, and each waiter reads its run again only after
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from aruntime._definitions import Workflow, lookup_workflow
-from aruntime._runner import convert_result, encode_args
+from aruntime._definitions import Workflow, check_timeout, lookup_workflow
+from aruntime._inbox import NO_ARGS
+from aruntime._runner import check_same_start, convert_result, encode_start_args
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
     ConfigError,
@@ -31,7 +31,7 @@ from aruntime.errors import (
     RunParkedError,
     SerializationError,
 )
-from aruntime.events import RunCancelled, RunCompleted, RunFailed
+from aruntime.events import RunCancelled, RunCompleted, RunFailed, RunStarted
 from aruntime.runtime import _failure, check_run_id
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, fold_into, replay
@@ -132,21 +132,16 @@ class Client:
 
         Raises:
             InvalidRunIdError, ConfigError: a bad run id, workflow or timeout.
-            RunIdConflictError: the id names an existing run of another workflow.
+            RunIdConflictError: the id names an existing run, or a start waiting in the
+                inbox, of another workflow or with other arguments.
             SerializationError: the arguments cannot be serialized (nothing is recorded).
         """
         self._require_open()
         name, typed = _workflow_name(workflow)
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
-        if timeout is not None and not (
-            isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
-        ):
-            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
-        info = await self.store.get_run(run_id)
-        if info is not None and info.workflow != name:
-            raise RunIdConflictError(run_id, f"as a run of workflow {info.workflow!r}")
-        if info is None:
+        check_timeout(timeout)
+        encoded = encode_start_args(self.serializer, typed, run_id, args, dict(kwargs))
+        if not await self._same_start(run_id, name, encoded):
             await self.store.post(
                 Request(
                     kind=RequestKind.START,
@@ -382,6 +377,45 @@ class Client:
             raise RunNotFoundError(run_id)
         await self.store.post(Request(kind=kind, run_id=run_id, at=self.clock.now(), reason=reason))
 
+    async def _same_start(self, run_id: str, name: str, encoded: str) -> bool:
+        """Whether the run, or a start of it waiting in the inbox, already exists.
+
+        Raises:
+            RunIdConflictError: it is of another workflow, or has other arguments.
+        """
+        store = self.store
+        if (info := await store.get_run(run_id)) is None:
+            starts = [r for r in await store.pending(run_id=run_id) if r.kind is RequestKind.START]
+            if starts:
+                start = starts[0]
+                recorded = NO_ARGS if start.args is None else start.args
+                check_same_start(
+                    self.serializer,
+                    run_id,
+                    start.workflow or "",
+                    recorded,
+                    workflow=name,
+                    encoded=encoded,
+                )
+                return True
+            # A start is consumed in the transaction that records its run: look once more.
+            if (info := await store.get_run(run_id)) is None:
+                return False
+        first = (await store.events_for(run_id))[:1]
+        if first and isinstance(first[0], RunStarted):
+            started = first[0]
+            check_same_start(
+                self.serializer,
+                run_id,
+                started.workflow,
+                started.args,
+                workflow=name,
+                encoded=encoded,
+            )
+        elif info.workflow != name:
+            raise RunIdConflictError(run_id, f"as a run of workflow {info.workflow!r}")
+        return True
+
     async def _pending(self, run_id: str, kind: RequestKind) -> bool:
         """Whether a request of `kind` for the run waits in the inbox."""
         pending = await self.store.pending(run_id=run_id)
@@ -436,7 +470,12 @@ class ClientHandle(Generic[R]):
                 if info.status.terminal:
                     return await self._outcome(info)
                 if info.parked and not await client._pending(self.run_id, RequestKind.RESUME):
-                    raise RunParkedError(self.run_id, info.parked_reason or "")
+                    # The resume may have been applied between the two reads: the runtime
+                    # unparks the run before it consumes the request, so read once more.
+                    again = await store.get_run(self.run_id)
+                    if again is not None and again.parked and not again.status.terminal:
+                        raise RunParkedError(self.run_id, again.parked_reason or "")
+                    continue
             elif not await client._pending(self.run_id, RequestKind.START) and not (
                 await client._pending(self.run_id, RequestKind.FORK)
             ):

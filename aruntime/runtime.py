@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random as _random
 import uuid
@@ -13,10 +12,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from aruntime._definitions import Workflow, check_timeout, lookup_workflow, registered_workflows
+from aruntime._definitions import (
+    Workflow,
+    check_seconds,
+    check_timeout,
+    lookup_workflow,
+    registered_workflows,
+)
 from aruntime._inbox import Inbox
 from aruntime._log import logger
-from aruntime._runner import convert_result, decode_args, encode_args
+from aruntime._runner import check_same_start, convert_result, encode_start_args
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
@@ -26,7 +31,6 @@ from aruntime.errors import (
     InvalidRunIdError,
     RunCancelledError,
     RunFailedError,
-    RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
     StoreError,
@@ -61,7 +65,9 @@ class RuntimeConfig:
     resume_on_start: bool = True
     """Resume every unfinished, unparked run in the store when the runtime starts."""
     result_poll_interval: float = 0.5
-    """Seconds between store reads while waiting on a run this runtime does not run."""
+    """The longest wait between two store reads while waiting on a run this runtime does
+    not run; a change committed to the store (the run ending, in another process too)
+    wakes the waiter sooner."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.restart_budget, RestartBudget):
@@ -239,9 +245,31 @@ class Runtime:
         """
         return await self.__aenter__()
 
-    async def aclose(self) -> None:
-        """Stop every run task (they resume next time) and release the store."""
+    async def aclose(self, *, grace: float | None = None) -> None:
+        """Stop every run task (they resume next time) and release the store.
+
+        With `grace` (seconds), first stop taking requests and starting operations, and
+        let the step bodies running now finish for up to that long, their outcomes
+        recorded; each run stops at its next operation. What still runs after `grace` is
+        stopped as without it, and runs again, at least once, in the next runtime.
+
+        Raises:
+            ConfigError: `grace` is not a finite number of seconds >= 0.
+        """
+        grace = check_seconds(grace, "grace", zero=True)
+        if grace is not None and self._group is not None:
+            await self._drain(grace)
         await self.__aexit__(None, None, None)
+
+    async def _drain(self, grace: float) -> None:
+        supervisor = self._require_supervisor()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+        supervisor.drain()
+        clock = self.clock
+        deadline = clock.monotonic() + grace
+        while supervisor.busy and clock.monotonic() < deadline:
+            await clock.sleep(min(0.01, max(0.0, deadline - clock.monotonic())))
 
     async def _resume_unfinished(self) -> None:
         supervisor = self._require_supervisor()
@@ -294,7 +322,7 @@ class Runtime:
                 f"workflow {workflow.name!r} is not the one this runtime runs under that name"
             )
         check_timeout(timeout)
-        encoded = encode_args(self.serializer, run_id, args, dict(kwargs))
+        encoded = encode_start_args(self.serializer, workflow, run_id, args, dict(kwargs))
         now = self.clock.now()
         event = RunStarted(
             sequence=1,
@@ -331,17 +359,15 @@ class Runtime:
         if not first or not isinstance(first[0], RunStarted):
             raise RunNotFoundError(run_id)
         started = first[0]
-        if started.workflow != workflow.name:
-            raise RunIdConflictError(run_id, f"as a run of workflow {started.workflow!r}")
-        if started.args != encoded and self._canonical(run_id, started.args) != self._canonical(
-            run_id, encoded
-        ):
-            raise RunIdConflictError(run_id, "with other arguments")
+        check_same_start(
+            self.serializer,
+            run_id,
+            started.workflow,
+            started.args,
+            workflow=workflow.name,
+            encoded=encoded,
+        )
         return RunHandle(self, run_id, workflow)
-
-    def _canonical(self, run_id: str, text: str) -> str:
-        """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
-        return json.dumps(decode_args(self.serializer, run_id, text), sort_keys=True)
 
     def handle(self, run_id: str) -> RunHandle[Any]:
         """A handle on an existing run (checked when used)."""
@@ -421,23 +447,44 @@ class Runtime:
             if runner is not None:
                 await runner.request_cancel(text)
                 return runner.state.status
+            lock = supervisor.run_lock(run_id)
+            if lock is not None:
+                async with lock:  # the run's task is not reading its log meanwhile
+                    if supervisor.runner(run_id) is not None:
+                        continue
+                    status = await self._cancel_from_log(supervisor, run_id, text)
+            else:
+                status = await self._cancel_from_log(supervisor, run_id, text)
+            if status is not None:
+                return status
+
+    async def _cancel_from_log(
+        self, supervisor: Supervisor, run_id: str, text: str
+    ) -> RunStatus | None:
+        while True:
             events = await self.store.events_for(run_id)
             if not events:
                 raise RunNotFoundError(run_id)
             state = replay(events)
-            if state.status.terminal or state.cancel_reason is not None:
-                return state.status
             supervised = supervisor.supervising(run_id)  # a respawn is on its way
+            if state.status.terminal or (supervised and state.cancel_reason is not None):
+                return state.status
             now = self.clock.now()
-            batch: list[Event] = [CancelRequested(sequence=state.version + 1, at=now, reason=text)]
+            batch: list[Event] = []
+            if state.cancel_reason is None:
+                batch.append(CancelRequested(sequence=state.version + 1, at=now, reason=text))
             if not supervised:
-                batch.append(RunCancelled(sequence=state.version + 2, at=now, reason=text))
+                reason_ = state.cancel_reason or text
+                batch.append(
+                    RunCancelled(sequence=state.version + len(batch) + 1, at=now, reason=reason_)
+                )
             try:
                 await self.store.append(run_id, batch, state.version)
             except ConcurrencyError:
                 continue  # the run moved on meanwhile: look again
             logger.info("run.cancel_requested", run_id=run_id, reason=text)
             if supervised:
+                supervisor.log_moved(run_id)
                 return RunStatus.RUNNING
             info = await self.store.get_run(run_id)
             if info is not None and info.parked:
@@ -473,15 +520,19 @@ class Runtime:
             if not waiter.done():
                 waiter.set_result(final)
 
-    async def _wait_exit(self, run_id: str) -> RunState | None:
+    async def _wait_exit(self, run_id: str, seen: int | None = None) -> RunState | None:
         """Wait until the local task of `run_id` ends (its final state if it finished the
-        run), or a poll interval if this runtime has no task for it."""
+        run). If this runtime has no task for it: until the store changes after `seen` (a
+        `change_counter()` taken before the caller's read), at most a poll interval."""
         supervisor = self._supervisor
         if supervisor is not None and supervisor.supervising(run_id):
             waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(run_id, []).append(waiter)
             return await waiter
-        await self.clock.sleep(self.config.result_poll_interval)
+        if seen is None:
+            await self.clock.sleep(self.config.result_poll_interval)
+        else:
+            await self.store.wait_changed(seen, self.config.result_poll_interval)
         return None
 
 
@@ -524,6 +575,7 @@ class RunHandle(Generic[R]):
             if final is not None:  # it ended here: no need to read it back
                 return self._from_state(final)
         while True:
+            seen = rt.store.change_counter()
             info = await rt.store.get_run(self.run_id)
             if info is None:
                 raise RunNotFoundError(self.run_id)
@@ -531,7 +583,7 @@ class RunHandle(Generic[R]):
                 return await self._outcome(info.version)
             if info.parked:
                 raise RunParkedError(self.run_id, info.parked_reason or "")
-            await rt._wait_exit(self.run_id)
+            await rt._wait_exit(self.run_id, seen)
 
     def _from_state(self, state: RunState) -> R:
         if state.status is RunStatus.COMPLETED:

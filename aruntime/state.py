@@ -99,6 +99,9 @@ class StepStatus(enum.StrEnum):
     """The step failed for good."""
     CANCELLED = "cancelled"
     """The run's cancellation reached the step; it never runs again."""
+    ABANDONED = "abandoned"
+    """The run ended while an attempt was in flight or a retry was due: the workflow
+    returned or raised without waiting for the step (a branch it left running)."""
 
 
 _STEP_ENDED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
@@ -624,8 +627,17 @@ def _run_resumed(state: RunState, event: RunResumed) -> None:
             step.set_aside = step.attempts
 
 
+def _abandon_unfinished(state: RunState) -> None:
+    """The run ends: the steps still in flight or waiting to retry never get an outcome."""
+    for step in state.steps.values():
+        if step.status is StepStatus.RUNNING or step.status is StepStatus.RETRYING:
+            step.status = StepStatus.ABANDONED
+            step.retry_at = None
+
+
 def _run_completed(state: RunState, event: RunCompleted) -> None:
     _require_started(state, event)
+    _abandon_unfinished(state)
     state.status = RunStatus.COMPLETED
     state.result = event.result
     state.finished_at = event.at
@@ -633,6 +645,7 @@ def _run_completed(state: RunState, event: RunCompleted) -> None:
 
 def _run_failed(state: RunState, event: RunFailed) -> None:
     _require_started(state, event)
+    _abandon_unfinished(state)
     state.status = RunStatus.FAILED
     state.error_type = event.error_type
     state.error_message = event.error_message
@@ -643,6 +656,7 @@ def _run_cancelled(state: RunState, event: RunCancelled) -> None:
     _require_started(state, event)
     if state.cancel_reason is None:
         raise CorruptLogError(state.run_id, event.sequence, "RunCancelled, but nobody asked")
+    _abandon_unfinished(state)
     state.status = RunStatus.CANCELLED
     state.finished_at = event.at
 

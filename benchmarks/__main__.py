@@ -411,10 +411,7 @@ class Suite:
                 blocks[side.name] = {"skipped": reason}
                 continue
             repeats = [report.scale_figures(res, None) for res in plain[side.name]]
-            extra = report.scale_figures(traced[side.name], traced[side.name])
-            for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
-                if key in extra and repeats:
-                    repeats[0][key] = extra[key]
+            report.add_traced(repeats, report.scale_figures(traced[side.name], traced[side.name]))
             blocks[side.name] = report.side_block(side.version(), self._store_of(side), repeats)
         rep = self._report(
             "scale",
@@ -518,9 +515,7 @@ class Suite:
                     self.store, workload.runs, trace=True, workdir=self.workdir / "sleep-traced"
                 )
                 progress.update()
-            for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
-                if key in traced and repeats:
-                    repeats[0][key] = traced[key]
+            report.add_traced(repeats, traced)
             blocks["aruntime"] = report.side_block(
                 self.aruntime.version(), self.store.describe(), repeats
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -19,10 +20,12 @@ __all__ = [
     "Progress",
     "child_command",
     "configure_logging",
+    "git",
     "machine",
     "percentile",
     "quiet_stdout",
     "rss_bytes",
+    "run_child",
     "spread",
 ]
 
@@ -51,6 +54,21 @@ def child_command(
     path = [str(root), str(REPO), *(p for p in inherited.split(os.pathsep) if p)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
     return [sys.executable, "-P", "-m", module, *args], env
+
+
+def run_child(name: str, module: str, *args: str, timeout: float) -> Any:
+    """Run `module` in a fresh process (see `child_command`); its last line of output as JSON.
+
+    The child's standard error goes to ours, so a failure is explained above the
+    `RuntimeError` that reports it.
+    """
+    command, env = child_command(module, *args)
+    out = subprocess.run(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the {name} process failed (exit {out.returncode}); see above")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 _STREAMS: dict[str, TextIO] = {}
@@ -138,36 +156,30 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _git_commit() -> str | None:
+def git(*args: str, timeout: float = 5) -> str | None:
+    """git's standard output in this repository, stripped; None when git failed or is missing."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", *args],
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = out.stdout.strip()
-    return commit or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    return git("rev-parse", "--short", "HEAD") or None
 
 
 def _aruntime_modified() -> bool | None:
     """Whether aruntime/ differs from the commit (figures then describe uncommitted code)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--", "aruntime"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    status = git("status", "--porcelain", "--", "aruntime")
+    return None if status is None else bool(status)
 
 
 def _cpu_model() -> str | None:

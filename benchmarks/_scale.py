@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks._aruntime_side import AruntimeSide, ScaleResult, StoreSpec
-from benchmarks._harness import REPO, Progress, child_command, configure_logging
+from benchmarks._harness import Progress, configure_logging, run_child
 from benchmarks.workloads import WORKLOADS
 
 __all__ = ["measure"]
@@ -29,7 +28,8 @@ def measure(
 ) -> ScaleResult:
     """One scale measurement in a fresh process."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command, env = child_command(
+    fields: dict[str, Any] = run_child(
+        "scale",
         "benchmarks._scale",
         side,
         store.kind,
@@ -37,19 +37,8 @@ def measure(
         str(runs),
         "1" if trace else "0",
         str(workdir),
-    )
-    out = subprocess.run(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
         timeout=timeout,
-        check=False,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"the scale process failed (exit {out.returncode}); see above")
-    fields: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return ScaleResult(**fields)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +35,11 @@ import aruntime
 from aruntime import Runtime
 from benchmarks._aruntime_side import StoreSpec, _WatchClock
 from benchmarks._harness import (
-    REPO,
     Progress,
-    child_command,
     configure_logging,
     percentile,
     rss_bytes,
+    run_child,
 )
 from benchmarks.workloads import run_id
 
@@ -61,10 +59,11 @@ def lead(runs: int, *, trace: bool) -> float:
     """Seconds from the first start to the wake-up: enough to start and measure every run.
 
     Starting a run costs two durable appends (the run, its sleep); 0.3 ms per run leaves
-    room for a slow disk, and tracemalloc makes everything about three times slower. When
-    that is not enough, the report says so (`all_asleep_before_wake`).
+    room for a slow disk, two seconds for a loaded machine, and tracemalloc makes
+    everything about three times slower. When that is not enough, the report says so
+    (`all_asleep_before_wake`).
     """
-    return (1.0 + runs * 0.0003) * (3.0 if trace else 1.0)
+    return (2.0 + runs * 0.0003) * (3.0 if trace else 1.0)
 
 
 def measure(
@@ -72,20 +71,16 @@ def measure(
 ) -> dict[str, float]:
     """One sleep measurement in a fresh process: its figures."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command, env = child_command(
+    figures: dict[str, float] = run_child(
+        "sleep",
         "benchmarks._sleep",
         store.kind,
         store.synchronous,
         str(runs),
         "1" if trace else "0",
         str(workdir),
+        timeout=timeout,
     )
-    out = subprocess.run(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"the sleep process failed (exit {out.returncode}); see above")
-    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures
 
 

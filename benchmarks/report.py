@@ -24,6 +24,7 @@ from benchmarks.workloads import Workload
 __all__ = [
     "FIGURES",
     "Figure",
+    "add_traced",
     "chart_latency",
     "chart_throughput",
     "json_line",
@@ -246,6 +247,13 @@ def scale_figures(result: ScaleResult, traced: ScaleResult | None) -> dict[str, 
         if traced.traced_peak_bytes is not None:
             figures["traced_peak_bytes_per_run"] = traced.traced_peak_bytes / traced.runs
     return figures
+
+
+def add_traced(repeats: list[dict[str, float]], traced: dict[str, float]) -> None:
+    """Give the first repeat the memory figures of the one traced process."""
+    for key in ("traced_bytes_per_run", "traced_peak_bytes_per_run"):
+        if key in traced and repeats:
+            repeats[0][key] = traced[key]
 
 
 # -- a workload's report -----------------------------------------------------------------

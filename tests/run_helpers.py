@@ -1,16 +1,25 @@
-"""Helpers shared by the runtime behaviour tests: a typed `start` and a polling wait."""
+"""Helpers shared by the runtime behaviour tests: a typed `start`, waits, and log readers."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aruntime import RunHandle, Runtime, Workflow
-from aruntime.events import Event
+from aruntime.events import Event, StepFailed
 
 R = TypeVar("R")
+
+CANCELLED_MID_STEP = [
+    "RunStarted",
+    "StepStarted",
+    "CancelRequested",
+    "OperationCancelled",
+    "RunCancelled",
+]
+"""The event kinds of a one-step run cancelled while its step was in flight."""
 
 
 async def start(rt: Runtime, wf: Workflow[..., R], *args: Any, run_id: str) -> RunHandle[R]:
@@ -38,3 +47,14 @@ async def wait_until(pred: Callable[[], bool | Awaitable[bool]]) -> None:
 def kinds(events: list[Event]) -> list[str]:
     """The event type names of a log, in order."""
     return [type(e).__name__ for e in events]
+
+
+def failures(events: Sequence[object]) -> list[StepFailed]:
+    """The failed attempts of a log, in order."""
+    return [e for e in events if isinstance(e, StepFailed)]
+
+
+async def settled() -> None:
+    """Let every task that can run, run (a sleeper that should not wake gets its chance)."""
+    for _ in range(20):
+        await asyncio.sleep(0)

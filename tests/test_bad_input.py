@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_helpers import kinds, start
+from run_helpers import failures, kinds, start
 
 from aruntime import (
     ConfigError,
@@ -20,7 +20,6 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.events import StepFailed
 from aruntime.store import open_store
 from aruntime.store.sqlite import SqliteStore
 from aruntime.testing import FakeClock
@@ -131,7 +130,7 @@ async def test_step_returning_unserializable_value_fails_the_run() -> None:
         events = await rt.store.events_for("bad")
     assert info.value.error_type == "aruntime.SerializationError"
     assert "returns_opaque" in info.value.error_message
-    (failed,) = [e for e in events if isinstance(e, StepFailed)]
+    (failed,) = failures(events)
     assert (failed.error_type, failed.retry_at) == ("aruntime.SerializationError", None)
     assert bodies == ["returns_opaque"]
     assert kinds(list(events)) == ["RunStarted", "StepStarted", "StepFailed", "RunFailed"]

@@ -7,8 +7,6 @@ never check a speed (the targets are the benchmark's business, not the tests').
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,36 +25,16 @@ if _ROOT not in sys.path:
 
 from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
 from benchmarks import _dbos_side, _sleep, report  # noqa: E402
+from benchmarks._harness import git  # noqa: E402
 
 STORES = ["memory", "sqlite"]
 
 
 def _git_head() -> str | None:
     """HEAD's full hash when git works here and HEAD holds `aruntime/`, else None."""
-    if shutil.which("git") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
-            cwd=_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        tree = subprocess.run(
-            ["git", "ls-tree", "HEAD", "aruntime"],
-            cwd=_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0 or tree.returncode != 0 or not tree.stdout.strip():
-        return None
-    return out.stdout.strip() or None
+    head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", timeout=10)
+    tree = git("ls-tree", "HEAD", "aruntime", timeout=10)
+    return head if head and tree else None
 
 
 _HEAD = _git_head()

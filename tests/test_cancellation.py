@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
-from run_helpers import kinds, start, wait_until
+from run_helpers import CANCELLED_MID_STEP, kinds, start, wait_until
 
 import aruntime
 from aruntime import (
@@ -70,6 +71,22 @@ def runtime(store: EventStore | None = None, clock: FakeClock | None = None) -> 
 
 def count(events: Sequence[Event], kind: type[Event]) -> int:
     return sum(1 for e in events if isinstance(e, kind))
+
+
+async def cancel_when(
+    rt: Runtime,
+    wf: aruntime.Workflow[[], Any],
+    ready: Callable[[], bool],
+    reason: str | None = None,
+) -> RunCancelledError:
+    """Start `wf` as run "c", cancel it once `ready()` holds, and return the
+    RunCancelledError its result raises."""
+    handle = await start(rt, wf, run_id="c")
+    await wait_until(ready)
+    await rt.cancel("c", reason=reason)
+    with pytest.raises(RunCancelledError) as info:
+        await handle.result()
+    return info.value
 
 
 # -- steps and workflows ------------------------------------------------------------------
@@ -206,11 +223,7 @@ async def test_cancel_delivers_cancelled_error_to_the_step_body_in_flight() -> N
     """The body running when the run is cancelled gets CancelledError."""
     held.add("reserve")
     async with runtime() as rt:
-        handle = await start(rt, plain, run_id="c")
-        await wait_until(lambda: entered == ["reserve"])
-        await rt.cancel("c", reason="customer left")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, plain, lambda: entered == ["reserve"], "customer left")
     assert interrupted == ["reserve"]
 
 
@@ -218,20 +231,10 @@ async def test_cancel_records_the_request_then_the_cancelled_operation() -> None
     """The log holds CancelRequested, then OperationCancelled for the step, then RunCancelled."""
     held.add("reserve")
     async with runtime() as rt:
-        handle = await start(rt, plain, run_id="c")
-        await wait_until(lambda: entered == ["reserve"])
-        await rt.cancel("c", reason="customer left")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, plain, lambda: entered == ["reserve"], "customer left")
         events = await rt.store.events_for("c")
         state = await rt.state("c")
-    assert kinds(events) == [
-        "RunStarted",
-        "StepStarted",
-        "CancelRequested",
-        "OperationCancelled",
-        "RunCancelled",
-    ]
+    assert kinds(events) == CANCELLED_MID_STEP
     assert state.steps["1"].status is StepStatus.CANCELLED
     assert (state.status, state.cancel_reason) == (RunStatus.CANCELLED, "customer left")
 
@@ -257,11 +260,7 @@ async def test_cleanup_blocks_run_and_their_steps_are_recorded_normally() -> Non
     """except CancelledError and finally run once each; the steps they call complete."""
     held.add("reserve")
     async with runtime() as rt:
-        handle = await start(rt, compensated, run_id="c")
-        await wait_until(lambda: entered == ["reserve"])
-        await rt.cancel("c")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, compensated, lambda: entered == ["reserve"])
         state = await rt.state("c")
     assert handlers == ["except", "finally"]
     assert entered == ["reserve", "release", "audit"]
@@ -277,12 +276,8 @@ async def test_cancel_without_reason_records_cancelled() -> None:
     """A cancellation without a reason is recorded with the reason "cancelled"."""
     held.add("reserve")
     async with runtime() as rt:
-        handle = await start(rt, plain, run_id="c")
-        await wait_until(lambda: entered == ["reserve"])
-        await rt.cancel("c")
-        with pytest.raises(RunCancelledError) as info:
-            await handle.result()
-    assert info.value.reason == "cancelled"
+        error = await cancel_when(rt, plain, lambda: entered == ["reserve"])
+    assert error.reason == "cancelled"
 
 
 async def test_workflow_that_swallows_the_cancellation_completes() -> None:
@@ -305,11 +300,7 @@ async def test_cancel_of_a_sleeping_run_cuts_the_sleep_short() -> None:
     """A run in a durable sleep is cancelled at once; its sleep is recorded cancelled."""
     clock = FakeClock(T0)
     async with runtime(clock=clock) as rt:
-        handle = await start(rt, sleeper, run_id="c")
-        await wait_until(lambda: clock.sleeping == 1)
-        await rt.cancel("c")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, sleeper, lambda: clock.sleeping == 1)
         state = await rt.state("c")
         events = await rt.store.events_for("c")
     assert state.sleeps["1"].cancelled
@@ -321,11 +312,7 @@ async def test_cancel_of_a_run_waiting_for_a_retry_ends_the_step_without_retryin
     """A run in a retry's backoff is cancelled without another attempt."""
     clock = FakeClock(T0)
     async with runtime(clock=clock) as rt:
-        handle = await start(rt, backing_off, run_id="c")
-        await wait_until(lambda: clock.sleeping == 1)
-        await rt.cancel("c")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, backing_off, lambda: clock.sleeping == 1)
         state = await rt.state("c")
     assert entered == ["attempt 1"]
     assert state.steps["1"].status is StepStatus.CANCELLED
@@ -397,11 +384,7 @@ async def test_cancel_reaches_every_branch_in_flight() -> None:
     """Cancelling a run with three branches in flight cancels each of them."""
     held.update({"a", "b", "c"})
     async with runtime() as rt:
-        handle = await start(rt, branches, run_id="c")
-        await wait_until(lambda: len(entered) == 3)
-        await rt.cancel("c")
-        with pytest.raises(RunCancelledError):
-            await handle.result()
+        await cancel_when(rt, branches, lambda: len(entered) == 3)
         state = await rt.state("c")
         events = await rt.store.events_for("c")
     assert sorted(interrupted) == ["a", "b", "c"]

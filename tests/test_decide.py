@@ -166,6 +166,8 @@ def test_other_step_name_at_recorded_position_is_a_mismatch(status: StepStatus) 
         b.failed(step="fetch", retry_at=None)
     elif status is StepStatus.RETRYING:
         b.failed(step="fetch", retry_at=9.0)
+    elif status is StepStatus.ABANDONED:
+        b.run_completed()
     state = _state(b)
     assert state.steps["1"].status is status
     assert next_action(state, 1, "charge", 3) == Mismatch("step 'fetch'", "step 'charge'")

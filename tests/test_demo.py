@@ -95,3 +95,45 @@ def test_demo_reports_a_replayed_state_that_differs(monkeypatch: pytest.MonkeyPa
     assert "updated_at" in lines[lines.index(failed[0]) + 1]
     assert "crashes with branches in flight replayed the state" in failed[1]
     assert lines[-1].startswith("2 of 13 checks FAILED")
+
+
+def test_demo_leaves_a_database_with_other_runs_alone(tmp_path: Path) -> None:
+    """`--db` naming a database that holds a run not of the demo's is refused (exit 2)
+    and the database is untouched: the demo never deletes a user's runs."""
+    import asyncio
+
+    import aruntime
+
+    db = tmp_path / "runs.db"
+
+    @aruntime.workflow(name="jobs.keep")
+    async def keep() -> int:
+        return 42
+
+    async def record() -> None:
+        async with aruntime.Runtime(f"sqlite:///{db}") as rt:
+            await (await rt.start(keep, run_id="order-42")).result()
+
+    asyncio.run(record())
+    before = db.read_bytes()
+    done = demo("--db", str(db), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "holds run 'order-42', which is not the demo's" in done.stderr
+    assert db.read_bytes() == before
+
+
+def test_demo_leaves_a_named_file_that_is_no_database_alone(tmp_path: Path) -> None:
+    """Only the demo's default file is replaced when it is not a database; any other
+    file named with --db is refused and kept."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    done = demo("--db", str(notes), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "is not a database the demo made" in done.stderr
+    assert notes.read_text() == "my notes"
+
+
+def test_demo_makes_its_own_database_afresh_on_a_second_run(tmp_path: Path) -> None:
+    """A database holding only the demo's runs is the demo's: a second demo replaces it."""
+    assert demo("--db", "mine.db", cwd=tmp_path).returncode == 0
+    assert demo("--db", "mine.db", cwd=tmp_path).returncode == 0

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -96,6 +95,12 @@ async def plain_workflow() -> str:
     return await plain()
 
 
+async def run_plain_workflow() -> None:
+    """Run `plain_workflow` to completion as run "ok" on a fresh runtime."""
+    async with Runtime(clock=FakeClock(autojump=True)) as rt:
+        await (await start(rt, plain_workflow, run_id="ok")).result()
+
+
 @step(retry=RetryPolicy(max_attempts=2, initial_delay=2.0, jitter=0.0))
 async def fails_once() -> str:
     if current_step().attempt == 1:
@@ -143,8 +148,7 @@ async def meltdown_workflow() -> None:
 async def test_run_started_and_completed_are_logged_with_run_id() -> None:
     """A successful run logs run.started and run.completed, both bound with its run id."""
     with capture_logs() as logs:
-        async with Runtime(clock=FakeClock(autojump=True)) as rt:
-            await (await start(rt, plain_workflow, run_id="ok")).result()
+        await run_plain_workflow()
     (started,) = named(logs, "run.started")
     (completed,) = named(logs, "run.completed")
     assert started["run_id"] == completed["run_id"] == "ok"
@@ -212,31 +216,8 @@ async def test_park_is_logged_with_run_id_and_reason() -> None:
 
 def test_library_never_configures_structlog() -> None:
     """Importing aruntime and running a workflow leaves structlog unconfigured."""
-    script = textwrap.dedent(
-        """
-        import asyncio
-        import structlog
-        import aruntime
-
-        @aruntime.step
-        async def one() -> int:
-            return 1
-
-        @aruntime.workflow
-        async def wf() -> int:
-            return await one()
-
-        async def main() -> None:
-            async with aruntime.Runtime() as rt:
-                assert await (await rt.start(wf)).result() == 1
-
-        asyncio.run(main())
-        print("configured" if structlog.is_configured() else "unconfigured")
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
+    then = 'import structlog\nprint("configured" if structlog.is_configured() else "unconfigured")'
+    done = run_unconfigured(fail_first=False, then=then)
     assert done.stdout.splitlines()[-1] == "unconfigured"
 
 
@@ -273,8 +254,7 @@ async def test_stdlib_at_debug_gets_every_event_as_a_record(
 ) -> None:
     """Without structlog configured, a logger at DEBUG gets run and step events as records."""
     caplog.set_level(logging.DEBUG, logger="aruntime")
-    async with Runtime(clock=FakeClock(autojump=True)) as rt:
-        await (await start(rt, plain_workflow, run_id="ok")).result()
+    await run_plain_workflow()
     by_event = records(caplog)
     levels = {event: record.levelno for event, record in by_event.items()}
     assert levels == {
@@ -294,8 +274,7 @@ async def test_stdlib_at_info_gets_run_events_but_no_step_events(
 ) -> None:
     """A logger at INFO gets run.started and run.completed, and no per-step debug record."""
     caplog.set_level(logging.INFO, logger="aruntime")
-    async with Runtime(clock=FakeClock(autojump=True)) as rt:
-        await (await start(rt, plain_workflow, run_id="ok")).result()
+    await run_plain_workflow()
     assert sorted(records(caplog)) == ["run.completed", "run.started"]
 
 
@@ -331,8 +310,7 @@ async def test_configured_structlog_takes_the_events_from_stdlib(
     """Once structlog is configured, events go through it and the stdlib logger gets none."""
     caplog.set_level(logging.DEBUG, logger="aruntime")
     with capture_logs() as logs:
-        async with Runtime(clock=FakeClock(autojump=True)) as rt:
-            await (await start(rt, plain_workflow, run_id="ok")).result()
+        await run_plain_workflow()
     assert [entry["event"] for entry in logs] == [
         "run.started",
         "step.started",
@@ -364,9 +342,10 @@ asyncio.run(main())
 """
 
 
-def run_unconfigured(*, fail_first: bool) -> subprocess.CompletedProcess[str]:
-    """Run one workflow in a fresh interpreter that configures no logging at all."""
-    script = f"FAIL_FIRST = {fail_first}\n{UNCONFIGURED}"
+def run_unconfigured(*, fail_first: bool, then: str = "") -> subprocess.CompletedProcess[str]:
+    """Run one workflow, then the code `then`, in a fresh interpreter that configures no
+    logging at all."""
+    script = f"FAIL_FIRST = {fail_first}\n{UNCONFIGURED}\n{then}\n"
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 import pytest
-from run_helpers import start, wait_until
+from run_helpers import failures, start, wait_until
 
 from aruntime import (
     EventStore,
@@ -25,7 +25,6 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.events import StepFailed
 from aruntime.testing import FakeClock, crash_run
 
 
@@ -271,7 +270,7 @@ async def test_result_that_cannot_become_its_type_fails_the_step_as_serializatio
         with pytest.raises(RunFailedError) as info:
             await handle.result()
         events = await rt.store.events_for("b")
-    (failed,) = [e for e in events if isinstance(e, StepFailed)]
+    (failed,) = failures(events)
     assert failed.error_type == "aruntime.SerializationError"
     assert "not_an_int" in failed.error_message
     assert failed.retry_at is None

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from run_helpers import kinds, start, wait_until
+from run_helpers import failures, kinds, start, wait_until
 
 from aruntime import (
     MemoryStore,
@@ -25,7 +25,7 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.events import StepFailed, StepStarted
+from aruntime.events import StepStarted
 from aruntime.testing import FakeClock, crash_run
 
 attempts: list[int] = []
@@ -52,10 +52,6 @@ def qualified(cls: type[BaseException]) -> str:
 def attempt_started(n: int) -> Callable[[], bool]:
     """A predicate: attempt `n` of the step under test has entered its body."""
     return lambda: len(attempts) == n
-
-
-def failed_events(events: list[object]) -> list[StepFailed]:
-    return [e for e in events if isinstance(e, StepFailed)]
 
 
 # -- steps and workflows ------------------------------------------------------------------
@@ -202,7 +198,7 @@ async def test_transient_failure_is_retried_with_the_policy_delays() -> None:
         assert await (await start(rt, retry_until_ok, run_id="r")).result() == "ok"
         events = await rt.store.events_for("r")
     assert attempts == [1, 2, 3]
-    failed = failed_events(list(events))
+    failed = failures(events)
     assert [e.retry_at - e.at for e in failed if e.retry_at is not None] == [1.0, 3.0]
     assert clock.sleeps == [1.0, 3.0]
     started = [e for e in events if isinstance(e, StepStarted)]
@@ -274,7 +270,7 @@ async def test_non_retryable_errors_fail_the_step_at_once(kind: str) -> None:
         events = await rt.store.events_for("once")
     assert attempts == [1]
     assert info.value.error_type == ONE_SHOT[kind][1]
-    assert [e.retry_at for e in failed_events(list(events))] == [None]
+    assert [e.retry_at for e in failures(events)] == [None]
     assert clock.sleeps == []
 
 
@@ -284,7 +280,7 @@ async def test_retry_after_sets_the_next_attempts_due_time() -> None:
     async with Runtime(clock=clock) as rt:
         assert await (await start(rt, retry_after, run_id="ra")).result() == "ok"
         events = await rt.store.events_for("ra")
-    (failed,) = failed_events(list(events))
+    (failed,) = failures(events)
     assert failed.retry_at is not None
     assert failed.retry_at - failed.at == 7.5
     assert failed.error_message == "rate limited"
@@ -317,7 +313,7 @@ async def test_crash_during_backoff_waits_only_the_remaining_time() -> None:
         clock.advance(6.0)
         assert await handle.result() == "ok"
         events = await rt.store.events_for("b")
-    (failed,) = failed_events(list(events))
+    (failed,) = failures(events)
     second = [e for e in events if isinstance(e, StepStarted)][1]
     assert second.at == failed.retry_at
     assert attempts == [1, 2]

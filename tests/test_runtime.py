@@ -294,12 +294,25 @@ async def test_same_run_id_with_other_arguments_conflicts() -> None:
         assert await rt.store.events_for("taken") == before
 
 
+@workflow
+async def echo_untyped(value):  # type: ignore[no-untyped-def]
+    return value
+
+
 async def test_same_run_id_with_arguments_equal_only_in_python_conflicts() -> None:
     """`True` is another argument than `1` (they differ in the log), so the id conflicts."""
     async with runtime() as rt:
-        await (await start(rt, double_once, 1, run_id="taken")).result()
+        await (await start(rt, echo_untyped, 1, run_id="taken")).result()
         with pytest.raises(RunIdConflictError):
-            await start(rt, double_once, True, run_id="taken")
+            await start(rt, echo_untyped, True, run_id="taken")
+
+
+async def test_an_argument_that_cannot_become_its_annotated_type_is_refused_at_start() -> None:
+    """`True` for a parameter annotated `int` is refused before anything is recorded."""
+    async with runtime() as rt:
+        with pytest.raises(aruntime.SerializationError, match=r"'x'.*cannot become int"):
+            await start(rt, double_once, True, run_id="typed")
+        assert await rt.store.events_for("typed") == []
 
 
 async def test_same_run_id_with_another_workflow_conflicts() -> None:
@@ -390,3 +403,24 @@ async def test_step_called_inside_a_step_body_is_not_journaled() -> None:
         events = await rt.store.events_for("nest")
     assert [e.step for e in events if isinstance(e, StepStarted)] == ["outer_step"]
     assert bodies == ["double"]
+
+
+async def test_result_of_a_run_another_runtime_would_run_wakes_on_the_store_change(
+    store: EventStore,
+) -> None:
+    """Waiting on a run this runtime does not run ends when the store says the run ended,
+    not after the poll interval."""
+    await store.append(
+        "x",
+        [RunStarted(sequence=1, at=1.0, run_id="x", workflow="elsewhere.job", args="[[],{}]")],
+        0,
+    )
+    slow_poll = aruntime.RuntimeConfig(result_poll_interval=60.0)
+    async with Runtime(store, config=slow_poll) as rt:
+        waiting = asyncio.create_task(rt.handle("x").result())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await rt.cancel("x", reason="not wanted")
+        async with asyncio.timeout(5):
+            with pytest.raises(aruntime.RunCancelledError, match="not wanted"):
+                await waiting

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from run_helpers import kinds, start, wait_until
+from run_helpers import kinds, settled, start, wait_until
 
 import aruntime
 from aruntime import (
@@ -51,12 +51,6 @@ def runtime(store: EventStore | None, clock: FakeClock) -> Runtime:
 
 def sleeps_of(events: list[Event]) -> list[SleepStarted]:
     return [e for e in events if isinstance(e, SleepStarted)]
-
-
-async def settled() -> None:
-    """Let every task that can run, run (a sleeper that should not wake gets its chance)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 # -- steps and workflows ------------------------------------------------------------------

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlite_helpers import raw
 
 from aruntime.errors import StoreCorruptError
 from aruntime.events import Event, RunStarted, StepCompleted, StepStarted
@@ -15,32 +13,6 @@ from aruntime.state import RunStatus
 from aruntime.store import _sqlite_schema
 from aruntime.store._rows import row_checksum
 from aruntime.store.sqlite import SqliteConfig, SqliteStore
-
-_SCHEMA_V1 = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL UNIQUE,
-        workflow TEXT NOT NULL,
-        status TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        parked_reason TEXT
-    )""",
-    "CREATE INDEX runs_by_status ON runs (status)",
-    """CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        at REAL NOT NULL,
-        data TEXT NOT NULL
-    )""",
-    "CREATE UNIQUE INDEX events_by_run ON events (run_id, sequence)",
-    "INSERT INTO meta (key, value) VALUES ('application', 'aruntime'), ('schema_version', '1')",
-)
-"""The file as aruntime wrote it before checksums (schema version 1), statement for statement."""
 
 
 def paid(run_id: str) -> list[Event]:
@@ -52,16 +24,6 @@ def paid(run_id: str) -> list[Event]:
     ]
 
 
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the store's file, as another tool would open it."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "runs.db"
@@ -71,8 +33,14 @@ def path(tmp_path: Path) -> Path:
 def version_1_file(path: Path) -> Path:
     """A file of schema version 1 holding run "old" up to its step's completion."""
     with raw(path) as conn:
-        for statement in _SCHEMA_V1:
+        # The statements aruntime runs to create a file of version 1, and the meta rows
+        # it writes with them: the file as it was before checksums.
+        for statement in _sqlite_schema._MIGRATIONS[0]:
             conn.execute(statement)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('application', 'aruntime'), "
+            "('schema_version', '1')"
+        )
         conn.executemany(
             "INSERT INTO events (run_id, sequence, type, at, data) VALUES (?, ?, ?, ?, ?)",
             [

@@ -8,11 +8,12 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from sqlite_helpers import raw
 
 from aruntime.errors import (
     ConcurrencyError,
@@ -42,16 +43,6 @@ def step(sequence: int) -> StepStarted:
 
 def log(run_id: str, length: int) -> list[Event]:
     return [started(run_id), *(step(sequence) for sequence in range(2, length + 1))]
-
-
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the store's file, as another tool would open it."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 async def python(*args: str) -> str:
@@ -426,8 +417,9 @@ async def test_cancelled_append_may_still_commit(path: Path) -> None:
             append = asyncio.create_task(store.append("r", log("r", 1), 0))
             await asyncio.sleep(0)
             append.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await append
+            await asyncio.sleep(0)  # the cancellation reaches the append while it is queued
+        with pytest.raises(asyncio.CancelledError):
+            await append  # returns once the writer, released, has committed it
         await store.append("r", [step(2)], 1)
         assert await store.events_for("r") == log("r", 2)
 

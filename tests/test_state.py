@@ -651,3 +651,22 @@ def test_run_failed_keeps_the_error() -> None:
     assert (state.error_type, state.error_message) == ("KeyError", "no such order")
     assert (state.result, state.finished_at, state.version) == (None, 4.0, 4)
     assert state.steps["1"].status is StepStatus.FAILED
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed"])
+def test_steps_in_flight_or_retrying_when_the_run_ends_are_abandoned(ending: str) -> None:
+    """A run that ends with an attempt in flight (a branch the workflow left running) or
+    a retry due shows those steps abandoned, not running; ended steps keep their status."""
+    b = LogBuilder().run_started().started(1).started(2).failed(2, retry_at=9.0)
+    b.started(3).completed(3)
+    if ending == "completed":
+        b.run_completed()
+    else:
+        b.run_failed()
+    steps = replay(b.events).steps
+    assert [steps[i].status for i in ("1", "2", "3")] == [
+        StepStatus.ABANDONED,
+        StepStatus.ABANDONED,
+        StepStatus.COMPLETED,
+    ]
+    assert steps["2"].retry_at is None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import sqlite3
 
 import msgspec
 import pytest
+from sqlite_helpers import raw
 
 from aruntime.errors import (
     ConcurrencyError,
@@ -85,15 +85,12 @@ def change_behind_the_stores_back(
         field = next(f for f in event.__struct_fields__ if getattr(event, f) == old)
         msgspec.structs.force_setattr(event, field, new)
     elif isinstance(store, SqliteStore):
-        conn = sqlite3.connect(store.path, isolation_level=None, timeout=5)
-        try:
+        with raw(store.path) as conn:
             changed = conn.execute(
                 "UPDATE events SET data = replace(data, ?, ?) WHERE run_id = ? AND sequence = ?",
                 (old, new, run_id, sequence),
             )
             assert changed.rowcount == 1
-        finally:
-            conn.close()
     else:
         raise AssertionError(f"no way to damage a {type(store).__name__}")
 

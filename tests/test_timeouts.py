@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from run_helpers import kinds, wait_until
+from run_helpers import CANCELLED_MID_STEP, failures, kinds, settled, wait_until
 
 from aruntime import (
     ConfigError,
@@ -23,7 +23,7 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.events import Event, RunStarted, StepFailed
+from aruntime.events import RunStarted
 from aruntime.testing import FakeClock
 
 T0 = 1_000_000.0
@@ -51,13 +51,23 @@ def fast_retries() -> Runtime:
     return Runtime(clock=FakeClock(T0, autojump=True))
 
 
-def failures(events: list[Event]) -> list[StepFailed]:
-    return [e for e in events if isinstance(e, StepFailed)]
-
-
 async def start_with_timeout(rt: Runtime, wf: Any, *, run_id: str, seconds: Any) -> Any:
     """`rt.start(wf, run_id=..., timeout=seconds)`, typed loosely (see run_helpers.start)."""
     return await rt.start(wf, run_id=run_id, timeout=seconds)
+
+
+async def result_after_deadline_passed_while_down(store: EventStore) -> RunCancelledError:
+    """Start a run with a 30 s deadline, close its runtime once the step is in, open
+    another 40 s later and return the RunCancelledError the run's result raises there."""
+    clock = FakeClock(T0)
+    async with Runtime(store, clock=clock) as first:
+        await start_with_timeout(first, waits_on_held, run_id="d", seconds=30)
+        await wait_until(lambda: attempts == [1])
+    clock.advance(40)
+    async with Runtime(store, clock=clock) as second:
+        with pytest.raises(RunCancelledError) as info:
+            await second.handle("d").result()
+    return info.value
 
 
 # -- steps and workflows ------------------------------------------------------------------
@@ -208,21 +218,14 @@ async def test_run_past_its_deadline_ends_cancelled_with_reason_timeout() -> Non
         handle = await start_with_timeout(rt, waits_on_held, run_id="d", seconds=30)
         await wait_until(lambda: attempts == [1])
         clock.advance(29.5)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await settled()
         assert (await rt.state("d")).status is RunStatus.RUNNING
         clock.advance(0.5)
         with pytest.raises(RunCancelledError) as info:
             await handle.result()
         events = await rt.store.events_for("d")
     assert info.value.reason == "timeout"
-    assert kinds(events) == [
-        "RunStarted",
-        "StepStarted",
-        "CancelRequested",
-        "OperationCancelled",
-        "RunCancelled",
-    ]
+    assert kinds(events) == CANCELLED_MID_STEP
 
 
 async def test_run_finished_before_its_deadline_stays_completed() -> None:
@@ -232,8 +235,7 @@ async def test_run_finished_before_its_deadline_stays_completed() -> None:
         handle = await start_with_timeout(rt, quick, run_id="d", seconds=30)
         assert await handle.result() == "fast"
         clock.advance(60)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await settled()
         state = await rt.state("d")
     assert state.status is RunStatus.COMPLETED
     assert state.cancel_reason is None
@@ -243,15 +245,8 @@ async def test_deadline_passed_while_no_runtime_ran_cancels_the_run_at_once(
     store: EventStore,
 ) -> None:
     """A runtime opening after the run's deadline ends it CANCELLED with reason timeout."""
-    clock = FakeClock(T0)
-    async with Runtime(store, clock=clock) as first:
-        await start_with_timeout(first, waits_on_held, run_id="d", seconds=30)
-        await wait_until(lambda: attempts == [1])
-    clock.advance(40)
-    async with Runtime(store, clock=clock) as second:
-        with pytest.raises(RunCancelledError) as info:
-            await second.handle("d").result()
-    assert info.value.reason == "timeout"
+    error = await result_after_deadline_passed_while_down(store)
+    assert error.reason == "timeout"
     info_after = await store.get_run("d")
     assert info_after is not None
     assert info_after.status is RunStatus.CANCELLED
@@ -261,22 +256,9 @@ async def test_deadline_passed_while_no_runtime_ran_starts_no_new_attempt(
     store: EventStore,
 ) -> None:
     """A runtime opening after the run's deadline cancels it before any body runs again."""
-    clock = FakeClock(T0)
-    async with Runtime(store, clock=clock) as first:
-        await start_with_timeout(first, waits_on_held, run_id="d", seconds=30)
-        await wait_until(lambda: attempts == [1])
-    clock.advance(40)
-    async with Runtime(store, clock=clock) as second:
-        with pytest.raises(RunCancelledError):
-            await second.handle("d").result()
+    await result_after_deadline_passed_while_down(store)
     assert attempts == [1]
-    assert kinds(await store.events_for("d")) == [
-        "RunStarted",
-        "StepStarted",
-        "CancelRequested",
-        "OperationCancelled",
-        "RunCancelled",
-    ]
+    assert kinds(await store.events_for("d")) == CANCELLED_MID_STEP
 
 
 async def test_deadline_holds_across_a_restart_before_it_passed(store: EventStore) -> None:
