@@ -164,17 +164,23 @@ class Inbox:
 
     async def _fork(self, request: Request) -> None:
         origin, at = request.origin or "", request.from_step or ""
-        events = await self._store.events_for(origin)
         try:
+            events = await self._store.events_for(origin)
             copied = fork_log(events, request.run_id, at)
-        except (CorruptLogError, RunNotFoundError, ValueError) as exc:
+            messages: list[Request] = []
+            if await self._store.get_run(request.run_id) is None:
+                pending = await self._store.pending(run_id=origin, kinds=(RequestKind.MESSAGE,))
+                messages = forked_messages(events, copied, pending, request.run_id)
+        except (CorruptLogError, StoreCorruptError, ValueError) as exc:
+            if isinstance(exc, StoreCorruptError) and exc.run_id != origin:
+                raise  # the store, not the origin's log: try again later
+            # A fork no run can come of (no such origin or operation, a damaged log):
+            # retrying would hold back every later request, so it is refused.
             logger.error("inbox.refused", run_id=request.run_id, kind="fork", error=str(exc))
             await self._store.consume(request.id)
             return
-        if await self._store.get_run(request.run_id) is None:
-            pending = await self._store.pending(run_id=origin, kinds=(RequestKind.MESSAGE,))
-            for message in forked_messages(events, copied, pending, request.run_id):
-                await self._store.post(message)
+        for message in messages:
+            await self._store.post(message)
         first = copied[0]
         assert isinstance(first, RunStarted)
         await self._record(request, first, copied)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from aruntime._context import Branch, current_branch
+from aruntime import _runner_ops
+from aruntime._context import current_branch
 from aruntime._definitions import Workflow
 from aruntime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aruntime._runner import Runner
 
 __all__ = ["first", "publish", "receive", "run_child", "send", "start_child"]
 
@@ -24,11 +28,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _branch(what: str) -> Branch:
+def _runner(what: str) -> Runner:
     branch = current_branch()
     if branch is None:
         raise LookupError(f"{what} is called inside a workflow (not in a step body)")
-    return branch
+    return cast("Runner", branch.runner)
 
 
 def _check_topic(topic: object) -> str:
@@ -56,8 +60,8 @@ async def receive(topic: str = "default", timeout: float | None = None) -> Any: 
         or timeout < 0
     ):
         raise ConfigError(f"a receive timeout is a finite number of seconds >= 0, got {timeout!r}")
-    branch = _branch("aruntime.receive")
-    return await branch.runner.receive(topic, None if timeout is None else float(timeout))
+    runner = _runner("aruntime.receive")
+    return await _runner_ops.receive(runner, topic, None if timeout is None else float(timeout))
 
 
 async def send(run_id: str, payload: Any, *, topic: str = "default") -> None:
@@ -71,7 +75,7 @@ async def send(run_id: str, payload: Any, *, topic: str = "default") -> None:
     _check_topic(topic)
     if not isinstance(run_id, str):
         raise ConfigError(f"a run id is a str, got {run_id!r}")
-    await _branch("aruntime.send").runner.send(run_id, payload, topic)
+    await _runner_ops.send(_runner("aruntime.send"), run_id, payload, topic)
 
 
 async def publish(key: str, value: Any) -> None:
@@ -79,7 +83,7 @@ async def publish(key: str, value: Any) -> None:
     value stays in the run's log."""
     if not isinstance(key, str) or not key:
         raise ConfigError(f"a published key is a non-empty str, got {key!r}")
-    await _branch("aruntime.publish").runner.publish(key, value)
+    await _runner_ops.publish(_runner("aruntime.publish"), key, value)
 
 
 class _ChildHandle(Awaitable[R]):  # the type users see; the runner's ChildHandle is it
@@ -101,10 +105,9 @@ async def start_child(
     `RunFailedError` when the child failed, `RunCancelledError` when it was cancelled.
     Cancelling this run cancels its unfinished children.
     """
-    handle: _ChildHandle[R] = await _branch("aruntime.start_child").runner.start_child(
-        workflow, args, kwargs, run_id
-    )
-    return handle
+    runner = _runner("aruntime.start_child")
+    handle = await _runner_ops.start_child(runner, workflow, args, kwargs, run_id)
+    return cast("_ChildHandle[R]", handle)
 
 
 async def run_child(
@@ -130,7 +133,7 @@ async def first(*awaitables: Awaitable[Any]) -> Any:
         raise ConfigError("aruntime.first needs at least one awaitable")
     branch = current_branch()
     if branch is not None:
-        return await branch.runner.first(awaitables)
+        return await _runner_ops.first(cast("Runner", branch.runner), awaitables)
     tasks = [asyncio.ensure_future(aw) for aw in awaitables]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

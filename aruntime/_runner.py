@@ -909,29 +909,6 @@ class Runner:
     def now(self) -> float:
         return self._clock.now()
 
-    # -- the rest of the vocabulary (aruntime._runner_ops) -------------------------
-
-    async def receive(self, topic: str, timeout: float | None) -> Any:  # noqa: ASYNC109 - a recorded deadline
-        return await _runner_ops.receive(self, topic, timeout)
-
-    async def send(self, target: str, payload: Any, topic: str) -> None:
-        await _runner_ops.send(self, target, payload, topic)
-
-    async def publish(self, key: str, value: Any) -> None:
-        await _runner_ops.publish(self, key, value)
-
-    async def start_child(
-        self,
-        workflow: Workflow[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        run_id: str | None,
-    ) -> Any:
-        return await _runner_ops.start_child(self, workflow, args, kwargs, run_id)
-
-    async def first(self, awaitables: tuple[Awaitable[Any], ...]) -> Any:
-        return await _runner_ops.first(self, awaitables)
-
 
 class _Done:
     __slots__ = ("value",)

@@ -16,8 +16,9 @@ what happened, fold it, ask again. The invariants they keep:
 * `aruntime.first` records its winner before it returns; replay waits for that winner
   only, and the losers' branches replay what the log holds and start nothing new.
 
-These functions are the runner's own methods, kept in a module of their own; they use the
-runner's private members as its methods would.
+These functions are the runner's own methods, kept in a module of their own (the public
+calls in `aruntime._ops_vocab` reach them with the runner of the calling branch); they
+use the runner's private members as its methods would.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from aruntime._decide_ops import (
     send_confirmed,
 )
 from aruntime._log import logger
-from aruntime._values import AppendInterruptedError, convert_result, encode_args
+from aruntime._values import AppendInterruptedError, convert_result, encode_start_args
 from aruntime.errors import (
     AruntimeError,
     ConfigError,
@@ -367,7 +368,7 @@ async def start_child(
         await runner._cancelled_at(branch, position, action.record)
     if isinstance(action, Mismatch):
         raise runner._mismatch(identity, action)
-    encode_args(runner._serializer, child, args, kwargs)  # refused before it is recorded
+    encode_start_args(runner._serializer, workflow, child, args, kwargs)  # refused unrecorded
     await runner._append(
         ChildStarted, position=position, child=child, workflow=workflow.name, branch=branch.path
     )
@@ -389,7 +390,7 @@ async def _post_start(
             run_id=child,
             at=runner._clock.now(),
             workflow=workflow.name,
-            args=encode_args(runner._serializer, child, args, kwargs),
+            args=encode_start_args(runner._serializer, workflow, child, args, kwargs),
             parent=runner.run_id,
         )
     )

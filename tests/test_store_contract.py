@@ -422,6 +422,33 @@ async def test_pending_filters_by_run_and_limit(store: EventStore) -> None:
     assert [r.run_id for r in await store.pending(limit=2)] == ["a", "b"]
 
 
+async def test_messages_forks_and_child_starts_keep_their_fields(store: EventStore) -> None:
+    """The request kinds of messages and forks, and a child's start, read back field for
+    field."""
+    posted = [
+        Request(
+            kind=RequestKind.MESSAGE, run_id="a", at=1.0, topic="t", payload='{"x":1}', key="k"
+        ),
+        Request(kind=RequestKind.FORK, run_id="b", at=2.0, origin="a", from_step="2.1"),
+        dataclasses.replace(start_request("a/1"), parent="a"),
+    ]
+    for request in posted:
+        await store.post(request)
+    assert [dataclasses.replace(r, id=0) for r in await store.pending()] == posted
+
+
+async def test_pending_filters_by_kind_and_after_an_id(store: EventStore) -> None:
+    """`pending(kinds=...)` keeps those kinds; `after` the requests posted after an id."""
+    first = await store.post(start_request("a"))
+    message = Request(kind=RequestKind.MESSAGE, run_id="a", at=1.0, topic="t", payload="1")
+    second = await store.post(message)
+    third = await store.post(dataclasses.replace(message, payload="2"))
+    assert [r.id for r in await store.pending(kinds=(RequestKind.MESSAGE,))] == [second, third]
+    assert [r.id for r in await store.pending(kinds=(RequestKind.START,))] == [first]
+    assert [r.id for r in await store.pending(after=second)] == [third]
+    assert await store.pending(run_id="a", kinds=(RequestKind.CANCEL,)) == []
+
+
 async def test_consume_with_events_appends_and_removes_the_request(store: EventStore) -> None:
     """A request consumed with its events is gone exactly when they are in the log."""
     request_id = await store.post(start_request("a"))
