@@ -93,6 +93,7 @@ from aruntime.events import (
     op_identity,
 )
 from aruntime.state import RunState, fold_into
+from aruntime.store._changes import ChangeSignal
 
 if TYPE_CHECKING:
     from aruntime._context import Branch
@@ -223,8 +224,8 @@ class Runner:
         """Step bodies running now (one per branch at most)."""
         self._root: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._mail = asyncio.Event()
-        """Set when a message for the run may have arrived (the inbox saw one)."""
+        self._mail = ChangeSignal()
+        """Moves when a message for the run may have arrived (the inbox saw one)."""
         self._taken: set[int] = set()
         """The inbox ids of the messages this runner consumed."""
         self._loser_paths: list[str] = []
@@ -628,7 +629,7 @@ class Runner:
 
     def mail_arrived(self) -> None:
         """A message for this run may be in the inbox: wake the receives that wait."""
-        self._mail.set()
+        self._mail.bump()
 
     async def _watch_deadline(self, deadline: float) -> None:
         clock = self._clock

@@ -142,14 +142,14 @@ async def receive(runner: Runner, topic: str, timeout: float | None) -> Any:  # 
         elif isinstance(action, Mismatch):
             raise runner._mismatch(identity, action)
         else:
-            runner._mail.clear()  # before the read: a message posted after it sets it again
+            seen = runner._mail.value  # before the read: a message posted after it moves it
             if await _take(runner, branch, position, topic):
                 continue
             if action.expired:
                 await runner._append(ReceiveTimedOut, position=position, branch=branch.path)
                 continue
             try:
-                await _wait_for_mail(runner, action.deadline)
+                await _wait_for_mail(runner, seen, action.deadline)
             except asyncio.CancelledError:
                 runner._interrupted(branch, position)
                 raise
@@ -197,14 +197,15 @@ async def _take(runner: Runner, branch: Branch, position: int, topic: str) -> bo
     return False
 
 
-async def _wait_for_mail(runner: Runner, deadline: float | None) -> None:
-    """Wait until the inbox may hold a message for the run, or until `deadline`."""
+async def _wait_for_mail(runner: Runner, seen: int, deadline: float | None) -> None:
+    """Wait until the inbox may hold a message for the run (news after `seen`), or until
+    `deadline` on the runtime's clock."""
     mail = runner._mail
     if deadline is None:
-        await mail.wait()
+        await mail.wait(seen)
         return
     clock = runner._clock
-    waiter = asyncio.ensure_future(mail.wait())
+    waiter = asyncio.ensure_future(mail.wait(seen))
     sleeper = asyncio.ensure_future(clock.sleep(max(0.0, deadline - clock.now())))
     try:
         await asyncio.wait((waiter, sleeper), return_when=asyncio.FIRST_COMPLETED)

@@ -286,3 +286,60 @@ async def test_first_outside_a_workflow_behaves_like_asyncio() -> None:
         return "fast"
 
     assert await aruntime.first(slow(), fast()) == "fast"
+
+
+@workflow(name="messages_test.pair")
+async def pair() -> list[Any]:
+    return list(await aruntime.gather(aruntime.receive(), aruntime.receive()))
+
+
+@workflow(name="messages_test.cancellable")
+async def cancellable() -> str:
+    try:
+        return str(await aruntime.receive())
+    except asyncio.CancelledError:
+        await note("cleaned up")
+        raise
+
+
+async def test_two_branches_receiving_at_once_each_get_one_message(rt: Runtime) -> None:
+    """Concurrent receives on one topic share the messages, each delivered once."""
+    async with Client(rt.store) as client:
+        handle = await client.start(pair, run_id="pair")
+        await wait_until(lambda: _count(rt.store, "pair", "ReceiveStarted", 2))
+        await client.send("pair", "x")
+        await client.send("pair", "y")
+        assert sorted(await handle.result(timeout=10)) == ["x", "y"]
+    assert kinds(await rt.store.events_for("pair")).count("MessageReceived") == 2
+
+
+async def _count(store: EventStore, run_id: str, kind: str, n: int) -> bool:
+    return kinds(await store.events_for(run_id)).count(kind) >= n
+
+
+async def test_cancelling_a_run_that_waits_for_a_message(rt: Runtime) -> None:
+    """The cancellation reaches the receive, is recorded there, and the cleanup runs."""
+    handle = await rt.start(cancellable, run_id="cx")
+    await wait_until(lambda: _has(rt.store, "cx", "ReceiveStarted"))
+    await rt.cancel("cx", reason="no longer needed")
+    with pytest.raises(aruntime.RunCancelledError):
+        await handle.result()
+    assert calls == ["cleaned up"]
+    log = kinds(await rt.store.events_for("cx"))
+    assert log[log.index("ReceiveStarted") + 1 :][:2] == ["CancelRequested", "OperationCancelled"]
+    assert (await rt.state("cx")).receives["1"].cancelled
+
+
+async def test_closing_the_runtime_while_a_receive_waits_records_nothing() -> None:
+    """A shutdown is no cancellation: the next runtime goes on waiting, then receives."""
+    store = MemoryStore()
+    async with Runtime(store) as rt:
+        await rt.start(two, run_id="closed")
+        await wait_until(lambda: _has(store, "closed", "ReceiveStarted"))
+    before = kinds(await store.events_for("closed"))
+    assert "OperationCancelled" not in before
+    async with Runtime(store) as rt, Client(store) as client:
+        await client.send("closed", 1)
+        await client.send("closed", 2)
+        assert await client.handle("closed").result(timeout=10) == [1, 2]
+    assert kinds(await store.events_for("closed")).count("ReceiveStarted") == 2
