@@ -343,3 +343,36 @@ async def test_closing_the_runtime_while_a_receive_waits_records_nothing() -> No
         await client.send("closed", 2)
         assert await client.handle("closed").result(timeout=10) == [1, 2]
     assert kinds(await store.events_for("closed")).count("ReceiveStarted") == 2
+
+
+code = {"publish_instead": False}
+
+
+@workflow(name="messages_test.changing")
+async def changing() -> str:
+    if code["publish_instead"]:
+        await aruntime.publish("stage", "changed")
+        return "changed"
+    return str(await aruntime.receive("decision"))
+
+
+async def test_another_operation_where_a_receive_was_recorded_parks_the_run() -> None:
+    """Code that publishes where the log holds a receive is refused with a
+    NonDeterminismError naming the identity, what was recorded and what was asked."""
+    store = MemoryStore()
+    code["publish_instead"] = False
+    try:
+        async with Runtime(store) as rt:
+            await rt.start(changing, run_id="nd")
+            await wait_until(lambda: _has(store, "nd", "ReceiveStarted"))
+        code["publish_instead"] = True
+        async with Runtime(store) as rt:
+            with pytest.raises(aruntime.RunParkedError) as info:
+                await rt.handle("nd").result()
+    finally:
+        code["publish_instead"] = False
+    reason = info.value.reason
+    assert reason.startswith("NonDeterminismError")
+    assert "operation 1" in reason
+    assert "a receive on topic 'decision'" in reason
+    assert "a publish of 'stage'" in reason
