@@ -124,14 +124,20 @@ async def _run(path: Path, command: _Command, args: argparse.Namespace) -> int:
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:
-    await client.cancel(args.run_id, reason=args.reason)
-    print(f"cancellation of {args.run_id} requested")
+    status = await client.cancel(args.run_id, reason=args.reason)
+    if status.terminal:
+        print(f"{args.run_id} has already ended ({status.value}); nothing to cancel")
+    else:
+        print(f"cancellation of {args.run_id} requested")
     return 0
 
 
 async def _resume(client: Client, args: argparse.Namespace) -> int:
-    await client.resume(args.run_id)
-    print(f"resumption of {args.run_id} requested")
+    status = await client.resume(args.run_id)
+    if status.terminal:
+        print(f"{args.run_id} has already ended ({status.value}); nothing to resume")
+    else:
+        print(f"resumption of {args.run_id} requested")
     return 0
 
 
