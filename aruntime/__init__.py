@@ -19,6 +19,12 @@ from aruntime._ops import TaskGroup as TaskGroup
 from aruntime._ops import gather as gather
 from aruntime._ops import sleep as sleep
 from aruntime._ops import sleep_until as sleep_until
+from aruntime._ops_vocab import first as first
+from aruntime._ops_vocab import publish as publish
+from aruntime._ops_vocab import receive as receive
+from aruntime._ops_vocab import run_child as run_child
+from aruntime._ops_vocab import send as send
+from aruntime._ops_vocab import start_child as start_child
 from aruntime._supervisor import RestartBudget as RestartBudget
 from aruntime.client import Client as Client
 from aruntime.client import ClientHandle as ClientHandle
@@ -34,6 +40,7 @@ from aruntime.errors import NonRetryableError as NonRetryableError
 from aruntime.errors import RetryAfter as RetryAfter
 from aruntime.errors import RunActiveError as RunActiveError
 from aruntime.errors import RunCancelledError as RunCancelledError
+from aruntime.errors import RunEndedError as RunEndedError
 from aruntime.errors import RunFailedError as RunFailedError
 from aruntime.errors import RunIdConflictError as RunIdConflictError
 from aruntime.errors import RunNotFoundError as RunNotFoundError
@@ -81,6 +88,7 @@ __all__ = [
     "RunActiveError",
     "RunCancelledError",
     "RunContext",
+    "RunEndedError",
     "RunFailedError",
     "RunHandle",
     "RunIdConflictError",
@@ -108,13 +116,19 @@ __all__ = [
     "Workflow",
     "current_run",
     "current_step",
+    "first",
     "gather",
     "open_store",
+    "publish",
+    "receive",
     "registered_workflows",
     "replay",
+    "run_child",
+    "send",
     "sequence",
     "sleep",
     "sleep_until",
+    "start_child",
     "step",
     "workflow",
 ]

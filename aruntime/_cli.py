@@ -4,6 +4,8 @@
     aruntime runs list [--status running|completed|failed|parked] [--db PATH] [--json]
     aruntime runs show RUN_ID [--db PATH] [--json]
     aruntime runs cancel|resume|delete|wait RUN_ID [--db PATH]     (see _cli_runs)
+    aruntime runs send RUN_ID [--topic T] --json '{...}' [--key K] [--db PATH]
+    aruntime runs fork RUN_ID --from-step IDENTITY [--run-id NEW] [--db PATH]
     aruntime runs prune --older-than 7d [--status completed] [--db PATH]
     aruntime worker --db URL --import pkg.module [--grace SECONDS]  (see _cli_worker)
 
@@ -37,6 +39,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from aruntime import _cli_show
 from aruntime._cli_runs import add_runs_commands
 from aruntime._cli_worker import add_worker_command
 from aruntime.client import waiting_starts
@@ -295,8 +298,9 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
         listed = {i.run_id for i in infos}
         infos += [i for i in await waiting_starts(store) if i.run_id not in listed]
     owner = await store.owner_info()
+    parents = await _cli_show.parents_of(store, [i.run_id for i in infos])
     if args.json:
-        print(json.dumps([_info_json(i) for i in infos], indent=2))
+        print(json.dumps([_info_json(i, parents.get(i.run_id)) for i in infos], indent=2))
         return 0
     if not infos:
         print("no runs" if status is None else f"no {status} runs")
@@ -309,10 +313,11 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
             str(i.version),
             _local(i.created_at),
             _local(i.updated_at),
+            parents.get(i.run_id, "-"),
         )
         for i in infos
     ]
-    _table(("RUN ID", "WORKFLOW", "STATUS", "EVENTS", "CREATED", "UPDATED"), rows)
+    _table(("RUN ID", "WORKFLOW", "STATUS", "EVENTS", "CREATED", "UPDATED", "PARENT"), rows)
     return 0
 
 
@@ -330,16 +335,29 @@ async def _show(store: EventStore, args: argparse.Namespace) -> int:
         )
         return 0
     state = replay(events)
+    messages = await _cli_show.pending_messages(store, args.run_id)
     if args.json:
         document = {
-            "run": _info_json(info),
-            "state": _state_json(state),
+            "run": _info_json(info, state.parent),
+            "state": _state_json(state) | _cli_show.vocabulary_json(state, messages),
             "events": [_event_json(e) for e in events],
         }
         print(json.dumps(document, indent=2))
         return 0
     _print_state(info, state)
     print()
+    if state.published:
+        print("published")
+        _table(
+            ("KEY", "LATEST VALUE"),
+            [(k, _cut(v)) for k, v in state.published.items()],
+            indent="  ",
+        )
+        print()
+    if messages:
+        print("messages not received yet")
+        _table(("ID", "TOPIC", "KEY", "PAYLOAD"), _cli_show.message_rows(messages), indent="  ")
+        print()
     print("history")
     start = events[0].at
     _table(
@@ -354,6 +372,8 @@ def _print_state(info: RunInfo, state: RunState) -> None:
     print(f"run       {info.run_id}")
     print(f"workflow  {info.workflow}")
     print(f"status    {_status(info)}")
+    for line in _cli_show.lineage_lines(state):
+        print(line)
     if info.parked_reason is not None:
         print(f"parked    {info.parked_reason}")
     if state.result is not None:
@@ -383,6 +403,7 @@ def _print_state(info: RunInfo, state: RunState) -> None:
         status = "cancelled" if z.cancelled else "until"
         row = (z.identity, "sleep", "-", status, "-", _local(z.wake_at))
         rows.append((z.started_at, z.identity, row))
+    rows += _cli_show.operation_rows(state)
     rows.sort(key=lambda r: (r[0], r[1]))
     _table(
         ("OP", "KIND", "NAME", "STATUS", "ATTEMPTS", "RESULT, ERROR OR WAKE-UP"),
@@ -392,6 +413,9 @@ def _print_state(info: RunInfo, state: RunState) -> None:
 
 
 def _details(event: Event) -> str:
+    special = _cli_show.details(event)
+    if special is not None:
+        return special
     fields = msgspec.structs.asdict(event)
     parts = []
     if "position" in fields:
@@ -453,8 +477,9 @@ def _iso(at: float | None) -> str | None:
     return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
 
 
-def _info_json(info: RunInfo) -> dict[str, Any]:
+def _info_json(info: RunInfo, parent: str | None = None) -> dict[str, Any]:
     return {
+        "parent": parent,
         "run_id": info.run_id,
         "workflow": info.workflow,
         "status": info.status.value,

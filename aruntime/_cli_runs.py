@@ -5,11 +5,19 @@
     aruntime runs delete RUN_ID [--db PATH]
     aruntime runs wait RUN_ID [--timeout SECONDS] [--db PATH]
     aruntime runs prune --older-than 7d [--status completed|failed|cancelled] [--db PATH]
+    aruntime runs start WORKFLOW [--args '[1, "a"]'] [--run-id ID] [--db PATH]
+    aruntime runs send RUN_ID [--topic T] --json '{"approved": true}' [--key K] [--db PATH]
+    aruntime runs fork RUN_ID --from-step IDENTITY [--run-id NEW_ID] [--db PATH]
+    aruntime runs read RUN_ID KEY [--timeout SECONDS] [--db PATH]
 
 Each opens the database as a `Client` does, so it works while a runtime in another
 process owns the file: cancel and resume become inbox requests that the owning runtime
 applies (at once if one runs, else when one opens); delete and prune remove ended runs
-only. `wait` prints the run's result as JSON.
+only. `wait` prints the run's result as JSON. `send` posts a message for the run's
+`aruntime.receive`; `start` asks for a run of a workflow by its registered name (the
+runtime that knows it runs it); `fork` asks for a new run that copies the run up to an operation
+(an identity as `runs show` lists it) and goes on from there; `read` prints the latest
+value the run published under KEY, as JSON.
 
 Exit codes: 0 done; 1 no such run, or a run that has not ended (delete); 2 bad usage or
 no usable database. `wait` tells how the run ended: 0 completed (its result printed), 3
@@ -91,7 +99,34 @@ def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_he
     )
     prune.add_argument("--status", choices=("completed", "failed", "cancelled"))
     prune.set_defaults(handler=lambda a: _with_client(a, _prune))
-    for sub in (cancel, resume, delete, wait, prune):
+    start = runs_commands.add_parser("start", parents=[common], help="ask for a run")
+    start.add_argument("workflow", metavar="WORKFLOW", help="its registered name")
+    start.add_argument(
+        "--args", type=_json_list, default=[], metavar="JSON", help="a JSON list of arguments"
+    )
+    start.add_argument("--run-id", dest="new_id", metavar="ID", help="the run's id (random)")
+    start.set_defaults(handler=lambda a: _with_client(a, _start))
+    send = runs_commands.add_parser("send", parents=[common], help="send a run a message")
+    send.add_argument("run_id", metavar="RUN_ID")
+    send.add_argument("--topic", default="default", help="the receive's topic (default)")
+    send.add_argument(
+        "--json", dest="payload", type=_json, required=True, metavar="JSON", help="the payload"
+    )
+    send.add_argument("--key", help="idempotency key: a second message with it is dropped")
+    send.set_defaults(handler=lambda a: _with_client(a, _send))
+    fork = runs_commands.add_parser(
+        "fork", parents=[common], help="a new run that resumes a run from one of its operations"
+    )
+    fork.add_argument("run_id", metavar="RUN_ID")
+    fork.add_argument("--from-step", required=True, metavar="IDENTITY", help="like 3 or 2.1.4")
+    fork.add_argument("--run-id", dest="new_id", metavar="NEW_ID", help="the new run's id")
+    fork.set_defaults(handler=lambda a: _with_client(a, _fork))
+    read = runs_commands.add_parser("read", parents=[common], help="a run's published value")
+    read.add_argument("run_id", metavar="RUN_ID")
+    read.add_argument("key", metavar="KEY")
+    read.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after (none)")
+    read.set_defaults(handler=lambda a: _with_client(a, _read))
+    for sub in (cancel, resume, delete, wait, prune, start, send, fork, read):
         sub.add_argument("--db", metavar="PATH", help=db_help)
 
 
@@ -185,6 +220,50 @@ async def _prune(client: Client, args: argparse.Namespace) -> int:
     status = None if args.status is None else RunStatus(args.status)
     removed = await client.prune(older_than=args.older_than, status=status)
     print(f"removed {removed} run{'' if removed == 1 else 's'}")
+    return 0
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def _json_list(text: str) -> list[Any]:
+    value = _json(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("the arguments are a JSON list, like '[1, \"a\"]'")
+    return value
+
+
+async def _start(client: Client, args: argparse.Namespace) -> int:
+    args.run_id = args.new_id
+    handle = await client.start(args.workflow, *args.args, run_id=args.new_id)
+    print(f"run {handle.run_id} of {args.workflow} requested")
+    return 0
+
+
+async def _send(client: Client, args: argparse.Namespace) -> int:
+    message = await client.send(
+        args.run_id, args.payload, topic=args.topic, idempotency_key=args.key
+    )
+    print(f"message {message} sent to {args.run_id} on topic {args.topic!r}")
+    return 0
+
+
+async def _fork(client: Client, args: argparse.Namespace) -> int:
+    handle = await client.fork(args.run_id, from_step=args.from_step, run_id=args.new_id)
+    print(f"fork {handle.run_id} of {args.run_id} from operation {args.from_step} requested")
+    return 0
+
+
+async def _read(client: Client, args: argparse.Namespace) -> int:
+    try:
+        value = await client.read(args.run_id, args.key, timeout=args.timeout)
+    except TimeoutError:
+        return _fail(f"run {args.run_id!r} published no {args.key!r} in {args.timeout}s", 1)
+    print(json.dumps(value))
     return 0
 
 

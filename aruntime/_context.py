@@ -80,6 +80,22 @@ class _Runner(Protocol):
         name: str | None = None,
     ) -> asyncio.Task[Any]: ...
 
+    async def receive(self, topic: str, timeout: float | None) -> Any: ...  # noqa: ASYNC109 - a recorded deadline
+
+    async def send(self, target: str, payload: Any, topic: str) -> None: ...
+
+    async def publish(self, key: str, value: Any) -> None: ...
+
+    async def start_child(
+        self,
+        workflow: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str | None,
+    ) -> Any: ...
+
+    async def first(self, awaitables: tuple[Awaitable[Any], ...]) -> Any: ...
+
     def check_owner(self, branch: Branch, what: str) -> None: ...
 
     def now(self) -> float: ...
@@ -88,9 +104,11 @@ class _Runner(Protocol):
 class Branch:
     """One strand of a run's operations, owned by one task."""
 
-    __slots__ = ("children", "path", "position", "runner", "task")
+    __slots__ = ("children", "loser", "path", "position", "runner", "task")
 
-    def __init__(self, runner: _Runner, path: str, task: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self, runner: _Runner, path: str, task: asyncio.Task[Any] | None, *, loser: bool = False
+    ) -> None:
         self.runner = runner
         self.path = path
         """`""` for the root, `"2"` for the root's second child, `"2.1"` for its first."""
@@ -98,12 +116,16 @@ class Branch:
         self.position = 0
         """The position of the last operation called in this branch."""
         self.children = 0
+        self.loser = loser
+        """The branch lost an `aruntime.first` that the log recorded: it may replay what
+        the log holds, and waits to be cancelled instead of doing anything new."""
 
     def child(self) -> Branch:
         """A new branch, numbered after the ones this branch created before it."""
         self.children += 1
         number = str(self.children)
-        return Branch(self.runner, f"{self.path}.{number}" if self.path else number, None)
+        path = f"{self.path}.{number}" if self.path else number
+        return Branch(self.runner, path, None, loser=self.loser)
 
 
 _BRANCH: ContextVar[Branch | None] = ContextVar("aruntime_branch", default=None)

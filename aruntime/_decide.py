@@ -127,8 +127,9 @@ def next_step_action(
     """
     current = state.steps.get(identity)
     if current is None:
-        if identity in state.sleeps:
-            return Mismatch("a sleep", f"step {step!r}")
+        other = state.operation_at(identity)
+        if other is not None:
+            return Mismatch(other, f"step {step!r}")
         if cancel_pending:
             return Cancel(record=False)
         return Execute(1)
@@ -169,9 +170,9 @@ def next_sleep_action(
     """
     current = state.sleeps.get(identity)
     if current is None:
-        recorded = state.steps.get(identity)
-        if recorded is not None:
-            return Mismatch(f"step {recorded.step!r}", "a sleep")
+        other = state.operation_at(identity)
+        if other is not None:
+            return Mismatch(other, "a sleep")
         if cancel_pending:
             return Cancel(record=False)
         return Record(wake_at)

@@ -14,6 +14,9 @@ b. A real process crash (SQLite only). A child process (`aruntime demo --child`)
 c. The workflow vocabulary (`_demo_vocab`): runs that fan out into branches, sleep
    durably and are crashed with branches in flight; reservations cancelled while they
    sleep, whose cleanup step releases them; a run cancelled by its deadline.
+d. Messages and child runs (`_demo_messages`): approvals that publish their stage, assess
+   the amount in a child run and wait for a decision sent from outside (some twice under
+   one idempotency key), crashed right after receiving it.
 
 In phases a and b every run must end the way its plan says (result, or failing step and
 error), and every log must be dense, complete, accepted by the strict fold, hold no step
@@ -42,6 +45,7 @@ from aruntime._demo_checks import (
     wait_all,
 )
 from aruntime._demo_kill import phase_kill, run_child
+from aruntime._demo_messages import phase_messages
 from aruntime._demo_vocab import phase_vocabulary
 from aruntime._demo_workload import hooks, make_plans
 from aruntime.runtime import Runtime
@@ -143,6 +147,7 @@ async def _demo(options: DemoOptions, report: Report) -> None:
     else:
         await phase_kill(options.runs, options.steps, options.seed, options.db, report)
     await phase_vocabulary(store if isinstance(store, str) else MemoryStore(), options.seed, report)
+    await phase_messages(store if isinstance(store, str) else MemoryStore(), options.seed, report)
     elapsed = time.perf_counter() - began
     report.line()
     if report.failed:

@@ -11,6 +11,14 @@ A request is applied, and then consumed, by the runtime that owns the store:
   the request is consumed after. A crash between the two applies the request again on
   the next start, where it finds its effect recorded and changes nothing.
 
+* MESSAGE requests are not applied here: the run's own `aruntime.receive` consumes each
+  in the transaction that records it. The loop only wakes the run's receives when it sees
+  a new one.
+* FORK copies the origin's log up to the operation named, under the new run's id, and
+  consumes the request in the same transaction; the origin's messages that the copy has
+  not consumed are posted again for it first (with idempotency keys, so that a crash
+  before the copy commits posts nothing twice).
+
 Requests are applied one at a time in the order of their ids, so a client's start,
 then cancel, of one run reaches it in that order. The loop sleeps on the store's change
 counter while the inbox is empty, and reads it again after every change it is told of.
@@ -22,6 +30,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from aruntime._fork import fork_log, forked_messages
 from aruntime._log import logger
 from aruntime.errors import (
     ConcurrencyError,
@@ -33,7 +42,7 @@ from aruntime.errors import (
 )
 from aruntime.events import RunStarted
 from aruntime.state import RunState, fold_into
-from aruntime.store import Request, RequestKind
+from aruntime.store import CONTROL_KINDS, Request, RequestKind
 
 if TYPE_CHECKING:
     from aruntime._definitions import Workflow
@@ -72,6 +81,8 @@ class Inbox:
         self._resume = resume
         self.applied = 0
         """Requests applied since the runtime opened."""
+        self._mail_seen = 0
+        """The id of the last message the loop woke a run for."""
 
     async def serve(self) -> None:
         """Apply requests as they come, until cancelled."""
@@ -80,9 +91,10 @@ class Inbox:
         while True:
             seen = store.change_counter()
             try:
-                requests = await store.pending(limit=_BATCH)
+                requests = await store.pending(limit=_BATCH, kinds=CONTROL_KINDS)
                 for request in requests:
                     await self._apply(request)
+                await self._wake_receivers()
             except Exception as exc:  # the store fails: nothing is consumed, try again
                 failures += 1
                 delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))
@@ -93,10 +105,27 @@ class Inbox:
             if not requests:
                 await store.wait_changed(seen)
 
+    async def _wake_receivers(self) -> None:
+        """Tell the runners of the runs that have new messages; each reads its own."""
+        while True:
+            messages = await self._store.pending(
+                kinds=(RequestKind.MESSAGE,), after=self._mail_seen, limit=_BATCH
+            )
+            for message in messages:
+                runner = self._supervisor.runner(message.run_id)
+                if runner is not None:
+                    runner.mail_arrived()
+            if messages:
+                self._mail_seen = messages[-1].id
+            if len(messages) < _BATCH:
+                return
+
     async def _apply(self, request: Request) -> None:
         kind = request.kind
         if kind is RequestKind.START:
             await self._start(request)
+        elif kind is RequestKind.FORK:
+            await self._fork(request)
         elif kind is RequestKind.CANCEL:
             await self._apply_and_consume(request, self._cancel(request.run_id, request.reason))
         else:
@@ -129,10 +158,33 @@ class Inbox:
             workflow=name,
             args=request.args if request.args is not None else NO_ARGS,
             deadline=None if request.timeout is None else now + request.timeout,
+            parent=request.parent,
         )
+        await self._record(request, event, [event])
+
+    async def _fork(self, request: Request) -> None:
+        origin, at = request.origin or "", request.from_step or ""
+        events = await self._store.events_for(origin)
+        try:
+            copied = fork_log(events, request.run_id, at)
+        except (CorruptLogError, RunNotFoundError, ValueError) as exc:
+            logger.error("inbox.refused", run_id=request.run_id, kind="fork", error=str(exc))
+            await self._store.consume(request.id)
+            return
+        if await self._store.get_run(request.run_id) is None:
+            pending = await self._store.pending(run_id=origin, kinds=(RequestKind.MESSAGE,))
+            for message in forked_messages(events, copied, pending, request.run_id):
+                await self._store.post(message)
+        first = copied[0]
+        assert isinstance(first, RunStarted)
+        await self._record(request, first, copied)
+
+    async def _record(self, request: Request, event: RunStarted, events: list[Any]) -> None:
+        """Consume a start or a fork with the log it begins, and run the new run here."""
+        run_id, name = request.run_id, event.workflow
         known = self._find_workflow(name) is not None
         try:
-            await self._store.consume(request.id, run_id, [event], 0)
+            await self._store.consume(request.id, run_id, events, 0)
         except ConcurrencyError:  # the run exists: a start is idempotent
             await self._store.consume(request.id)
             return
@@ -149,7 +201,7 @@ class Inbox:
         logger.info("run.started", run_id=run_id, workflow=name, by="inbox")
         if known:
             state = RunState()
-            fold_into(state, (event,))
+            fold_into(state, events)
             self._supervisor.spawn(run_id, state)
         else:
             logger.info("run.left_for_another_runtime", run_id=run_id, workflow=name)

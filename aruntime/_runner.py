@@ -37,15 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
-import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
-from aruntime import _context
+from aruntime import _context, _runner_ops
 from aruntime._decide import (
     INTERRUPTED,
     Cancel,
@@ -63,10 +61,19 @@ from aruntime._decide import (
 )
 from aruntime._errortext import error_message, error_type
 from aruntime._log import debug_enabled, logger
+from aruntime._values import (
+    AppendInterruptedError,
+    _Abort,
+    args_digest,
+    check_same_start,
+    convert_result,
+    decode_args,
+    encode_args,
+    encode_start_args,
+)
 from aruntime.errors import (
     AruntimeError,
     NonDeterminismError,
-    RunIdConflictError,
     SerializationError,
     StepFailedError,
     StepTimeout,
@@ -105,133 +112,6 @@ __all__ = [
 ]
 
 SERIALIZATION_ERROR = "aruntime.SerializationError"
-
-
-class _Abort(BaseException):
-    """Unwinds the workflow when the runner must stop; carries the real cause."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(cause)
-        self.cause = cause
-
-
-class AppendInterruptedError(AruntimeError):
-    """An append was cancelled in flight; only the log can tell whether it committed."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r}: an append was interrupted; the log will tell")
-
-
-def encode_args(
-    serializer: Serializer, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> str:
-    """The text of a workflow's arguments, as `RunStarted` records them."""
-    try:
-        return serializer.dumps([list(args), kwargs])
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SerializationError(
-            f"workflow arguments cannot be serialized: {exc}", run_id=run_id
-        ) from exc
-
-
-def encode_start_args(
-    serializer: Serializer,
-    workflow: Workflow[..., Any] | None,
-    run_id: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> str:
-    """`encode_args`, checked against `workflow`'s signature when it is known: arguments
-    that would not fit it, or not become their annotated types, are refused before the
-    run is recorded.
-
-    Raises:
-        SerializationError: the arguments cannot be serialized, or do not fit.
-    """
-    text = encode_args(serializer, run_id, args, kwargs)
-    if workflow is not None:
-        workflow.typed_args(*decode_args(serializer, run_id, text), run_id)
-    return text
-
-
-def check_same_start(
-    serializer: Serializer,
-    run_id: str,
-    recorded_workflow: str,
-    recorded_args: str,
-    *,
-    workflow: str,
-    encoded: str,
-) -> None:
-    """Refuse a start of `run_id` (of `workflow` with `encoded` arguments) when the run
-    recorded, or the start already asked for, names another workflow or other arguments.
-
-    Raises:
-        RunIdConflictError: it does.
-    """
-    if recorded_workflow != workflow:
-        raise RunIdConflictError(run_id, f"as a run of workflow {recorded_workflow!r}")
-    if recorded_args != encoded and _canonical(serializer, run_id, recorded_args) != _canonical(
-        serializer, run_id, encoded
-    ):
-        raise RunIdConflictError(run_id, "with other arguments")
-
-
-def _canonical(serializer: Serializer, run_id: str, text: str) -> str:
-    """The arguments in one spelling: keyword order does not matter, 1 != 1.0 != true."""
-    return json.dumps(decode_args(serializer, run_id, text), sort_keys=True)
-
-
-def decode_args(serializer: Serializer, run_id: str, text: str) -> tuple[list[Any], dict[str, Any]]:
-    try:
-        args, kwargs = serializer.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"recorded arguments cannot be decoded: {exc}", run_id=run_id
-        ) from exc
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise SerializationError("recorded arguments are not [args, kwargs]", run_id=run_id)
-    return args, kwargs
-
-
-def convert_result(value: Any, result_type: Any, run_id: str, what: str | None) -> Any:
-    """`value` as the annotated `result_type` (None: as decoded).
-
-    Raises:
-        SerializationError: the value cannot become that type.
-    """
-    if result_type is None:
-        return value
-    try:
-        return msgspec.convert(value, result_type, strict=False)
-    except (msgspec.ValidationError, TypeError) as exc:
-        raise SerializationError(
-            f"recorded result {value!r:.80} cannot become {_type_name(result_type)}: {exc}",
-            run_id=run_id,
-            step=what,
-        ) from None
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__qualname__", None) or repr(tp)
-
-
-def _digest_hook(value: Any) -> str:
-    return f"<{type(value).__qualname__}>"
-
-
-_encode_for_digest = msgspec.json.Encoder(enc_hook=_digest_hook, order="deterministic").encode
-
-
-def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """A short digest of a step's arguments; values with no JSON form count by type."""
-    if not args and not kwargs:
-        return "0"
-    try:
-        data = _encode_for_digest((args, kwargs))
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        return ""  # not comparable: the check is skipped for this call
-    return f"{zlib.crc32(data):08x}"
 
 
 class Flusher:
@@ -279,6 +159,8 @@ class Runner:
         "_helpers",
         "_lock",
         "_loop",
+        "_loser_paths",
+        "_mail",
         "_pending",
         "_previous_death",
         "_random",
@@ -287,6 +169,7 @@ class Runner:
         "_root",
         "_serializer",
         "_store",
+        "_taken",
         "_visited",
         "_workflow",
         "_workflow_done",
@@ -340,6 +223,13 @@ class Runner:
         """Step bodies running now (one per branch at most)."""
         self._root: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mail = asyncio.Event()
+        """Set when a message for the run may have arrived (the inbox saw one)."""
+        self._taken: set[int] = set()
+        """The inbox ids of the messages this runner consumed."""
+        self._loser_paths: list[str] = []
+        """Branches that lost an `aruntime.first`: their recorded operations may stay
+        unvisited."""
 
     # -- the run as a whole ------------------------------------------------------------
 
@@ -406,6 +296,7 @@ class Runner:
                 raise  # the runtime is shutting down as well: record nothing
             await self._reap()
             reason = self.state.cancel_reason or "cancelled"
+            await _runner_ops.cancel_children(self, reason)
             await self._finish(RunCancelled, reason=reason)
             logger.info("run.cancelled", run_id=self.run_id, reason=reason)
             return
@@ -481,17 +372,20 @@ class Runner:
 
     def _check_no_unvisited_operations(self) -> None:
         state = self.state
-        if self._reaped or len(state.steps) + len(state.sleeps) <= len(self._visited):
+        if self._reaped:
             return
-        unvisited = sorted((state.steps.keys() | state.sleeps.keys()) - self._visited)
+        unvisited = sorted(
+            identity
+            for identity in state.identities() - self._visited
+            if not any(identity.startswith(f"{path}.") for path in self._loser_paths)
+        )
         if unvisited:
             identity = unvisited[0]
-            step = state.steps.get(identity)
             raise self._fail(
                 NonDeterminismError(
                     run_id=self.run_id,
                     identity=identity,
-                    recorded="a sleep" if step is None else f"step {step.step!r}",
+                    recorded=state.operation_at(identity) or "an operation",
                     requested="the end of its branch",
                 )
             )
@@ -584,10 +478,18 @@ class Runner:
         awaitable: Awaitable[Any],
         create: Callable[..., asyncio.Task[Any]] | None = None,
         name: str | None = None,
+        *,
+        loser: bool = False,
+        out: list[Branch] | None = None,
     ) -> asyncio.Task[Any]:
         """Run `awaitable` in a task of its own, as the next child branch of `parent`."""
         self.check_owner(parent, "a branch")
         child = parent.child()
+        if out is not None:
+            out.append(child)
+        if loser:
+            child.loser = True
+            self._loser_paths.append(child.path)
         context = contextvars.copy_context()
         context.run(_context._BRANCH.set, child)
         coro = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
@@ -707,9 +609,26 @@ class Runner:
 
     def _interrupted(self, branch: Branch, position: int) -> None:
         """A CancelledError reached the operation at `position`: record it if it is the
-        run's cancellation (not a shutdown, a crash or the end of a branch)."""
+        run's cancellation (not a shutdown, a crash, the end of a branch or of a loser)."""
+        if not branch.loser:
+            self._interrupted_at(branch.path, position)
+
+    def _interrupted_at(self, path: str, position: int) -> bool:
         if self._delivered and not self._reaping and self._abort is None and not self._closing:
-            self._append_later(OperationCancelled, position=position, branch=branch.path)
+            self._append_later(OperationCancelled, position=position, branch=path)
+            return True
+        return False
+
+    async def _hold(self, branch: Branch) -> None:
+        """In a branch that lost a recorded `aruntime.first`, an operation the log does
+        not simply replay waits to be cancelled: it never starts what the original run
+        never started."""
+        if branch.loser:
+            await asyncio.get_running_loop().create_future()
+
+    def mail_arrived(self) -> None:
+        """A message for this run may be in the inbox: wake the receives that wait."""
+        self._mail.set()
 
     async def _watch_deadline(self, deadline: float) -> None:
         clock = self._clock
@@ -759,6 +678,8 @@ class Runner:
             kind = type(action)
             if kind is Replay:
                 return self._decode_result(action.result, step)  # type: ignore[union-attr]
+            if branch.loser and kind is not Raise:
+                await self._hold(branch)
             if kind is Execute:
                 attempt: int = action.attempt  # type: ignore[union-attr]
                 await self._append(
@@ -951,6 +872,7 @@ class Runner:
             kind = type(action)
             if kind is Resume:
                 return
+            await self._hold(branch)
             if kind is Record:
                 await self._append(
                     SleepStarted, position=position, wake_at=wake_at, branch=branch.path
@@ -986,6 +908,29 @@ class Runner:
 
     def now(self) -> float:
         return self._clock.now()
+
+    # -- the rest of the vocabulary (aruntime._runner_ops) -------------------------
+
+    async def receive(self, topic: str, timeout: float | None) -> Any:  # noqa: ASYNC109 - a recorded deadline
+        return await _runner_ops.receive(self, topic, timeout)
+
+    async def send(self, target: str, payload: Any, topic: str) -> None:
+        await _runner_ops.send(self, target, payload, topic)
+
+    async def publish(self, key: str, value: Any) -> None:
+        await _runner_ops.publish(self, key, value)
+
+    async def start_child(
+        self,
+        workflow: Workflow[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str | None,
+    ) -> Any:
+        return await _runner_ops.start_child(self, workflow, args, kwargs, run_id)
+
+    async def first(self, awaitables: tuple[Awaitable[Any], ...]) -> Any:
+        return await _runner_ops.first(self, awaitables)
 
 
 class _Done:

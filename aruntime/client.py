@@ -25,14 +25,16 @@ from aruntime.errors import (
     ConfigError,
     CorruptLogError,
     RunCancelledError,
+    RunEndedError,
     RunIdConflictError,
     RunNotFoundError,
     RunParkedError,
+    SerializationError,
 )
 from aruntime.events import RunCancelled, RunCompleted, RunFailed, RunStarted
 from aruntime.runtime import _failure, check_run_id
 from aruntime.serializer import JsonSerializer, Serializer
-from aruntime.state import RunState, RunStatus, replay
+from aruntime.state import RunState, RunStatus, fold_into, replay
 from aruntime.store import EventStore, Request, RequestKind, RunInfo, open_store
 
 __all__ = ["Client", "ClientHandle"]
@@ -212,6 +214,131 @@ class Client:
         if not (isinstance(older_than, int | float) and older_than >= 0):
             raise ConfigError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         return await self.store.prune(older_than=self.clock.now() - older_than, status=status)
+
+    async def send(
+        self,
+        run_id: str,
+        payload: Any,
+        *,
+        topic: str = "default",
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Send `payload` to the run, for its `aruntime.receive(topic)`; the message's id.
+
+        The message waits in the store's inbox until the run receives it: sent before the
+        run waits, or while no runtime runs, it is kept. Each message is received once;
+        a second message with the same `idempotency_key` is dropped.
+
+        Raises:
+            RunNotFoundError: no such run, and no start of it waits in the inbox.
+            RunEndedError: the run has ended.
+            SerializationError: the payload cannot be serialized.
+        """
+        self._require_open()
+        check_run_id(run_id)
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"a topic is a non-empty str, got {topic!r}")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise ConfigError(f"an idempotency key is a str, got {idempotency_key!r}")
+        try:
+            text = self.serializer.dumps(payload)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"the message cannot be serialized: {exc}", run_id=run_id
+            ) from exc
+        info = await self.store.get_run(run_id)
+        if (
+            info is None
+            and not await self._pending(run_id, RequestKind.START)
+            and await self.store.get_run(run_id) is None  # applied between the two reads
+        ):
+            raise RunNotFoundError(run_id)
+        if info is not None and info.status.terminal:
+            raise RunEndedError(run_id, info.status.value)
+        if idempotency_key:
+            for waiting in await self.messages(run_id):
+                if waiting.key == idempotency_key:
+                    return waiting.id
+        return await self.store.post(
+            Request(
+                kind=RequestKind.MESSAGE,
+                run_id=run_id,
+                at=self.clock.now(),
+                topic=topic,
+                payload=text,
+                key=idempotency_key,
+            )
+        )
+
+    async def messages(self, run_id: str) -> list[Request]:
+        """The messages sent to the run that it has not received yet, oldest first."""
+        self._require_open()
+        return await self.store.pending(run_id=run_id, kinds=(RequestKind.MESSAGE,))
+
+    async def read(self, run_id: str, key: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the caller's bound on the wait
+        """The latest value the run published under `key`, waiting for the first one.
+
+        Raises:
+            TimeoutError: nothing was published under `key` within `timeout` seconds.
+            RunEndedError: the run ended without publishing under `key`.
+            RunNotFoundError: no such run, and no start of it waits in the inbox.
+        """
+        self._require_open()
+        check_run_id(run_id)
+        store = self.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = RunState()
+        while True:
+            seen = store.change_counter()
+            events = await store.events_for(run_id, after=state.version)
+            if events:
+                fold_into(state, events)
+            if key in state.published:
+                return self.serializer.loads(state.published[key])
+            if state.status.terminal:
+                raise RunEndedError(run_id, state.status.value)
+            if state.version == 0 and not await self._pending(run_id, RequestKind.START):
+                if await store.get_run(run_id) is None:
+                    raise RunNotFoundError(run_id)
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"run {run_id!r} published nothing as {key!r} in {timeout}s")
+            await store.wait_changed(seen, left)
+
+    async def fork(
+        self, origin: str, /, *, from_step: str, run_id: str | None = None
+    ) -> ClientHandle[Any]:
+        """A new run that copies run `origin` up to its operation `from_step` and goes on
+        from there with the code deployed now.
+
+        The copy keeps what the operations before `from_step` recorded (their results are
+        not computed again); the messages the origin received from there on, and those
+        still waiting for it, are sent to the new run. `from_step` is an identity as
+        `runs history` shows it (`"3"`, `"2.1.4"`).
+
+        Raises:
+            RunNotFoundError: no run `origin`.
+            ConfigError: the origin recorded no operation at `from_step`.
+            RunIdConflictError: `run_id` names an existing run.
+        """
+        self._require_open()
+        state = await self.state(check_run_id(origin))
+        if not isinstance(from_step, str) or state.operation_at(from_step) is None:
+            raise ConfigError(f"run {origin!r} recorded no operation at {from_step!r}")
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
+        if await self.store.get_run(run_id) is not None:
+            raise RunIdConflictError(run_id, "as an existing run; a fork makes a new one")
+        await self.store.post(
+            Request(
+                kind=RequestKind.FORK,
+                run_id=run_id,
+                at=self.clock.now(),
+                origin=origin,
+                from_step=from_step,
+            )
+        )
+        return ClientHandle(self, run_id, lookup_workflow(state.workflow or ""))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -405,7 +532,9 @@ class ClientHandle(Generic[R]):
                     if again is not None and again.parked and not again.status.terminal:
                         raise RunParkedError(self.run_id, again.parked_reason or "")
                     continue
-            elif not await client._pending(self.run_id, RequestKind.START):
+            elif not await client._pending(self.run_id, RequestKind.START) and not (
+                await client._pending(self.run_id, RequestKind.FORK)
+            ):
                 # The start may have been applied between the two reads: a start is
                 # consumed in the transaction that records the run, so read once more.
                 if await store.get_run(self.run_id) is None:

@@ -9,6 +9,7 @@ The whole tree::
     ├── RunIdConflictError          a run id reused with another workflow or other arguments
     ├── RunNotFoundError            no run with that id in the store
     ├── RunActiveError              removing a run that has not ended
+    ├── RunEndedError               a message sent to a run that has ended
     ├── UnknownWorkflowError        the log names a workflow this runtime does not know
     ├── RunFailedError              `RunHandle.result()` of a run that ended failed
     ├── RunParkedError              `RunHandle.result()` of a run parked by the supervisor
@@ -48,6 +49,7 @@ __all__ = [
     "RetryAfter",
     "RunActiveError",
     "RunCancelledError",
+    "RunEndedError",
     "RunFailedError",
     "RunIdConflictError",
     "RunNotFoundError",
@@ -124,6 +126,17 @@ class RunActiveError(AruntimeError):
         super().__init__(
             f"run {run_id!r} has not ended (it is {status}); only completed, failed or "
             "cancelled runs can be deleted: cancel it first, or wait for its end"
+        )
+
+
+class RunEndedError(AruntimeError):
+    """The run has ended (`status`), so nothing can reach it any more (a message)."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(
+            f"run {run_id!r} has ended ({status}); a message to it would never be received"
         )
 
 

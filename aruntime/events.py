@@ -30,8 +30,15 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "CancelRequested",
+    "ChildEnded",
+    "ChildStarted",
     "Event",
+    "FirstWon",
+    "MessageReceived",
+    "MessageSent",
     "OperationCancelled",
+    "ReceiveStarted",
+    "ReceiveTimedOut",
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
@@ -41,6 +48,7 @@ __all__ = [
     "StepCompleted",
     "StepFailed",
     "StepStarted",
+    "ValuePublished",
     "op_identity",
 ]
 
@@ -61,6 +69,12 @@ class RunStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The serialized `[positional, keyword]` arguments of the workflow."""
     deadline: float | None = None
     """Wall-clock time at which the run is cancelled with the reason `timeout`."""
+    parent: str | None = None
+    """The run that started this one as its child (`aruntime.run_child`), if any."""
+    forked_from: str | None = None
+    """The run whose log this one copied up to `forked_at` (`Client.fork`), if any."""
+    forked_at: str | None = None
+    """The identity of the operation the fork resumes from."""
 
 
 class StepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -110,6 +124,117 @@ class SleepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     at: float
     position: int
     wake_at: float
+    branch: str = ""
+
+
+class ReceiveStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow began waiting for a message on `topic`; durable before it waits.
+
+    `deadline` (wall-clock seconds) is when the wait times out, None for never: a restart
+    waits only what is left of it.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    topic: str
+    deadline: float | None = None
+    branch: str = ""
+
+
+class MessageReceived(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The receive at (`branch`, `position`) consumed a message; `payload` is its text.
+
+    Recorded in the transaction that consumes the message from the inbox, so a message is
+    delivered exactly once, and replay returns the payload without reading the inbox.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    payload: str
+    key: str = ""
+    """The message's idempotency key; a later message with the same key is dropped."""
+    branch: str = ""
+
+
+class ReceiveTimedOut(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The receive at (`branch`, `position`) reached its deadline with no message."""
+
+    sequence: int
+    at: float
+    position: int
+    branch: str = ""
+
+
+class MessageSent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow sent `payload` to run `target`; durable before the message is posted.
+
+    `key` is the message's idempotency key, so that posting it again after a crash
+    delivers it once. `error_type` is set when the send was refused (no such run, or it
+    ended), and replay raises the same error.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    target: str
+    topic: str
+    payload: str
+    key: str
+    error_type: str = ""
+    branch: str = ""
+
+
+class ValuePublished(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow published `value` (serialized) under `key`; the latest one wins."""
+
+    sequence: int
+    at: float
+    position: int
+    key: str
+    value: str
+    branch: str = ""
+
+
+class ChildStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow started run `child` of `workflow`; durable before the child is asked for."""
+
+    sequence: int
+    at: float
+    position: int
+    child: str
+    workflow: str
+    branch: str = ""
+
+
+class ChildEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The child started at (`branch`, `position`) ended `status` (a `RunStatus` value).
+
+    `result` is its serialized result when it completed; `error_type`/`error_message`
+    say why it failed or was cancelled.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    status: str
+    result: str | None = None
+    error_type: str = ""
+    error_message: str = ""
+    branch: str = ""
+
+
+class FirstWon(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """`aruntime.first` at (`branch`, `position`) was won by its awaitable `winner` (from 0).
+
+    Replay waits for that one only, whatever finishes first during replay.
+    """
+
+    sequence: int
+    at: float
+    position: int
+    winner: int
     branch: str = ""
 
 
@@ -177,6 +302,14 @@ Event: TypeAlias = (
     | StepCompleted
     | StepFailed
     | SleepStarted
+    | ReceiveStarted
+    | MessageReceived
+    | ReceiveTimedOut
+    | MessageSent
+    | ValuePublished
+    | ChildStarted
+    | ChildEnded
+    | FirstWon
     | CancelRequested
     | OperationCancelled
     | RunResumed
@@ -193,6 +326,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepCompleted,
         StepFailed,
         SleepStarted,
+        ReceiveStarted,
+        MessageReceived,
+        ReceiveTimedOut,
+        MessageSent,
+        ValuePublished,
+        ChildStarted,
+        ChildEnded,
+        FirstWon,
         CancelRequested,
         OperationCancelled,
         RunResumed,

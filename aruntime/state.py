@@ -32,8 +32,15 @@ import msgspec
 from aruntime.errors import CorruptLogError
 from aruntime.events import (
     CancelRequested,
+    ChildEnded,
+    ChildStarted,
     Event,
+    FirstWon,
+    MessageReceived,
+    MessageSent,
     OperationCancelled,
+    ReceiveStarted,
+    ReceiveTimedOut,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -43,10 +50,13 @@ from aruntime.events import (
     StepCompleted,
     StepFailed,
     StepStarted,
+    ValuePublished,
     op_identity,
 )
 
 __all__ = [
+    "ChildState",
+    "ReceiveState",
     "RunState",
     "RunStatus",
     "SleepState",
@@ -74,6 +84,7 @@ class RunStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+_ENDED_VALUES = frozenset(status.value for status in _TERMINAL)
 
 
 class StepStatus(enum.StrEnum):
@@ -132,6 +143,44 @@ class SleepState(msgspec.Struct):
     cancelled: bool = False
 
 
+class ReceiveState(msgspec.Struct):
+    """A receive: the topic it waits on, its deadline, and the message it consumed."""
+
+    identity: str
+    topic: str
+    deadline: float | None = None
+    branch: str = ""
+    position: int = 0
+    started_at: float = 0.0
+    received: bool = False
+    payload: str | None = None
+    """The consumed message's serialized payload, once `received`."""
+    timed_out: bool = False
+    cancelled: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self.received or self.timed_out or self.cancelled
+
+
+class ChildState(msgspec.Struct):
+    """A child run the workflow started, and how it ended once the parent learnt it."""
+
+    identity: str
+    child: str
+    """The child's run id."""
+    workflow: str
+    branch: str = ""
+    position: int = 0
+    status: str | None = None
+    """The child's final `RunStatus` value once recorded; None while it runs."""
+    result: str | None = None
+    error_type: str = ""
+    error_message: str = ""
+    cancelled: bool = False
+    """The parent's cancellation reached the parent while it waited for this child."""
+
+
 class RunState(msgspec.Struct):
     """The fold of a run's log: everything the runner decides from."""
 
@@ -145,11 +194,31 @@ class RunState(msgspec.Struct):
     """Every step that started, by identity."""
     sleeps: dict[str, SleepState] = msgspec.field(default_factory=dict)
     """Every durable sleep that started, by identity."""
+    receives: dict[str, ReceiveState] = msgspec.field(default_factory=dict)
+    """Every receive that started, by identity."""
+    message_keys: set[str] = msgspec.field(default_factory=set)
+    """The idempotency keys of the messages consumed: a message with one is a duplicate."""
+    sends: dict[str, MessageSent] = msgspec.field(default_factory=dict)
+    """Every message the workflow sent, by identity."""
+    published: dict[str, str] = msgspec.field(default_factory=dict)
+    """The latest value (serialized) published under each key."""
+    publishes: dict[str, str] = msgspec.field(default_factory=dict)
+    """The key each publish operation wrote, by identity."""
+    children: dict[str, ChildState] = msgspec.field(default_factory=dict)
+    """Every child run the workflow started, by identity."""
+    firsts: dict[str, int] = msgspec.field(default_factory=dict)
+    """The recorded winner of each `aruntime.first`, by identity."""
     result: str | None = None
     error_type: str | None = None
     error_message: str | None = None
     deadline: float | None = None
     """When the run is cancelled with the reason `timeout`, if it has a deadline."""
+    parent: str | None = None
+    """The run that started this one as its child, if one did."""
+    forked_from: str | None = None
+    """The run this one is a fork of, if any."""
+    forked_at: str | None = None
+    """The identity of the operation the fork resumed from."""
     cancel_reason: str | None = None
     """Why the run's cancellation was requested; None while nobody asked."""
     started_at: float | None = None
@@ -166,7 +235,43 @@ class RunState(msgspec.Struct):
             self,
             steps={key: msgspec.structs.replace(s) for key, s in self.steps.items()},
             sleeps={key: msgspec.structs.replace(s) for key, s in self.sleeps.items()},
+            receives={key: msgspec.structs.replace(r) for key, r in self.receives.items()},
+            message_keys=set(self.message_keys),
+            sends=dict(self.sends),
+            published=dict(self.published),
+            publishes=dict(self.publishes),
+            children={key: msgspec.structs.replace(c) for key, c in self.children.items()},
+            firsts=dict(self.firsts),
         )
+
+    def operation_at(self, identity: str) -> str | None:
+        """What the log recorded at `identity` (`"step 'charge'"`, `"a sleep"`), or None."""
+        step = self.steps.get(identity)
+        if step is not None:
+            return f"step {step.step!r}"
+        if identity in self.sleeps:
+            return "a sleep"
+        receive = self.receives.get(identity)
+        if receive is not None:
+            return f"a receive on topic {receive.topic!r}"
+        send = self.sends.get(identity)
+        if send is not None:
+            return f"a send to run {send.target!r}"
+        key = self.publishes.get(identity)
+        if key is not None:
+            return f"a publish of {key!r}"
+        child = self.children.get(identity)
+        if child is not None:
+            return f"child run {child.child!r} of workflow {child.workflow!r}"
+        if identity in self.firsts:
+            return "aruntime.first"
+        return None
+
+    def identities(self) -> set[str]:
+        """Every identity the log recorded an operation at."""
+        found = self.steps.keys() | self.sleeps.keys() | self.receives.keys()
+        found |= self.sends.keys() | self.publishes.keys() | self.children.keys()
+        return found | self.firsts.keys()
 
 
 def replay(events: Iterable[Event], state: RunState | None = None) -> RunState:
@@ -224,6 +329,9 @@ def _run_started(state: RunState, event: RunStarted) -> None:
     state.workflow = event.workflow
     state.args = event.args
     state.deadline = event.deadline
+    state.parent = event.parent
+    state.forked_from = event.forked_from
+    state.forked_at = event.forked_at
     state.status = RunStatus.RUNNING
     state.started_at = event.at
 
@@ -235,9 +343,7 @@ def _require_started(state: RunState, event: Event) -> None:
         )
 
 
-def _identity(
-    state: RunState, event: StepStarted | StepCompleted | StepFailed | SleepStarted
-) -> str:
+def _identity(state: RunState, event: Any) -> str:
     """Check the event's branch and position and return its operation identity."""
     _require_started(state, event)
     position, branch = event.position, event.branch
@@ -255,9 +361,10 @@ def _step_started(state: RunState, event: StepStarted) -> None:
     _check_attempt(state, event)
     current = state.steps.get(identity)
     if current is None:
-        if identity in state.sleeps:
+        other = state.operation_at(identity)
+        if other is not None:
             raise CorruptLogError(
-                state.run_id, event.sequence, f"step {event.step!r} at {identity}, a sleep's"
+                state.run_id, event.sequence, f"step {event.step!r} at {identity}, {other}'s"
             )
         if event.attempt != 1:
             raise CorruptLogError(
@@ -358,17 +465,110 @@ def _step_failed(state: RunState, event: StepFailed) -> None:
 
 
 def _sleep_started(state: RunState, event: SleepStarted) -> None:
-    identity = _identity(state, event)
-    if identity in state.sleeps or identity in state.steps:
-        raise CorruptLogError(
-            state.run_id, event.sequence, f"a second operation recorded at {identity}"
-        )
+    identity = _new_identity(state, event)
     wake_at = event.wake_at
     if type(wake_at) is not float and type(wake_at) is not int:
         raise CorruptLogError(state.run_id, event.sequence, f"wake time {wake_at!r}")
     state.sleeps[identity] = SleepState(
         identity, wake_at, branch=event.branch, position=event.position, started_at=event.at
     )
+
+
+def _new_identity(state: RunState, event: Any) -> str:
+    """The identity of a new operation's first event; no other operation may hold it."""
+    identity = _identity(state, event)
+    if state.operation_at(identity) is not None:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"a second operation recorded at {identity}"
+        )
+    return identity
+
+
+def _receive_started(state: RunState, event: ReceiveStarted) -> None:
+    identity = _new_identity(state, event)
+    deadline = event.deadline
+    if deadline is not None and type(deadline) is not float and type(deadline) is not int:
+        raise CorruptLogError(state.run_id, event.sequence, f"receive deadline {deadline!r}")
+    if type(event.topic) is not str:
+        raise CorruptLogError(state.run_id, event.sequence, f"topic {event.topic!r}")
+    state.receives[identity] = ReceiveState(
+        identity,
+        event.topic,
+        deadline,
+        branch=event.branch,
+        position=event.position,
+        started_at=event.at,
+    )
+
+
+def _open_receive(state: RunState, event: MessageReceived | ReceiveTimedOut) -> ReceiveState:
+    identity = _identity(state, event)
+    receive = state.receives.get(identity)
+    if receive is None or receive.ended:
+        raise CorruptLogError(
+            state.run_id,
+            event.sequence,
+            f"{type(event).__name__} at {identity}, where no receive waits",
+        )
+    return receive
+
+
+def _message_received(state: RunState, event: MessageReceived) -> None:
+    receive = _open_receive(state, event)
+    receive.received = True
+    receive.payload = event.payload
+    if event.key:
+        state.message_keys.add(event.key)
+
+
+def _receive_timed_out(state: RunState, event: ReceiveTimedOut) -> None:
+    receive = _open_receive(state, event)
+    if receive.deadline is None:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"the receive at {receive.identity} has no deadline"
+        )
+    receive.timed_out = True
+
+
+def _message_sent(state: RunState, event: MessageSent) -> None:
+    state.sends[_new_identity(state, event)] = event
+
+
+def _value_published(state: RunState, event: ValuePublished) -> None:
+    identity = _new_identity(state, event)
+    if type(event.key) is not str:
+        raise CorruptLogError(state.run_id, event.sequence, f"published key {event.key!r}")
+    state.publishes[identity] = event.key
+    state.published[event.key] = event.value
+
+
+def _child_started(state: RunState, event: ChildStarted) -> None:
+    identity = _new_identity(state, event)
+    state.children[identity] = ChildState(
+        identity, event.child, event.workflow, branch=event.branch, position=event.position
+    )
+
+
+def _child_ended(state: RunState, event: ChildEnded) -> None:
+    identity = _identity(state, event)
+    child = state.children.get(identity)
+    if child is None or child.status is not None:
+        raise CorruptLogError(
+            state.run_id, event.sequence, f"ChildEnded at {identity}, where no child runs"
+        )
+    if event.status not in _ENDED_VALUES:
+        raise CorruptLogError(state.run_id, event.sequence, f"child status {event.status!r}")
+    child.status = event.status
+    child.result = event.result
+    child.error_type = event.error_type
+    child.error_message = event.error_message
+
+
+def _first_won(state: RunState, event: FirstWon) -> None:
+    identity = _new_identity(state, event)
+    if type(event.winner) is not int or event.winner < 0:
+        raise CorruptLogError(state.run_id, event.sequence, f"winner {event.winner!r}")
+    state.firsts[identity] = event.winner
 
 
 def _cancel_requested(state: RunState, event: CancelRequested) -> None:
@@ -379,7 +579,7 @@ def _cancel_requested(state: RunState, event: CancelRequested) -> None:
 
 
 def _operation_cancelled(state: RunState, event: OperationCancelled) -> None:
-    identity = _identity(state, event)  # type: ignore[arg-type]
+    identity = _identity(state, event)
     if state.cancel_reason is None:
         raise CorruptLogError(
             state.run_id, event.sequence, f"{identity} cancelled, but nobody asked"
@@ -395,6 +595,22 @@ def _operation_cancelled(state: RunState, event: OperationCancelled) -> None:
         step.status = StepStatus.CANCELLED
         step.retry_at = None
         step.finished_at = event.at
+        return
+    receive = state.receives.get(identity)
+    if receive is not None:
+        if receive.ended:
+            raise CorruptLogError(
+                state.run_id, event.sequence, f"cancelled the receive at {identity} after it ended"
+            )
+        receive.cancelled = True
+        return
+    child = state.children.get(identity)
+    if child is not None:
+        if child.status is not None or child.cancelled:
+            raise CorruptLogError(
+                state.run_id, event.sequence, f"cancelled the wait for {child.child!r} twice"
+            )
+        child.cancelled = True
         return
     sleep = state.sleeps.get(identity)
     if sleep is None or sleep.cancelled:
@@ -451,6 +667,14 @@ _APPLY: dict[type[Any], Callable[[RunState, Any], None]] = {
     StepCompleted: _step_completed,
     StepFailed: _step_failed,
     SleepStarted: _sleep_started,
+    ReceiveStarted: _receive_started,
+    MessageReceived: _message_received,
+    ReceiveTimedOut: _receive_timed_out,
+    MessageSent: _message_sent,
+    ValuePublished: _value_published,
+    ChildStarted: _child_started,
+    ChildEnded: _child_ended,
+    FirstWon: _first_won,
     CancelRequested: _cancel_requested,
     OperationCancelled: _operation_cancelled,
     RunResumed: _run_resumed,

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 from aruntime.errors import StoreError
 from aruntime.events import Event
 from aruntime.runtime import Runtime
 from aruntime.state import RunState, RunStatus
-from aruntime.store import EventStore, OwnerInfo, Request, RunInfo
+from aruntime.store import EventStore, OwnerInfo, Request, RequestKind, RunInfo
 
 __all__ = ["FakeClock", "FaultyStore", "StoreWrapper", "crash_run"]
 
@@ -145,9 +145,14 @@ class StoreWrapper:
         return await self.inner.post(request)
 
     async def pending(
-        self, *, run_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        limit: int | None = None,
+        kinds: Collection[RequestKind] | None = None,
+        after: int = 0,
     ) -> list[Request]:
-        return await self.inner.pending(run_id=run_id, limit=limit)
+        return await self.inner.pending(run_id=run_id, limit=limit, kinds=kinds, after=after)
 
     async def consume(
         self,

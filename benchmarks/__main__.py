@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _floor, _recovery, _replay, _scale, _sleep, _wakeup, report
+from benchmarks import _floor, _message, _recovery, _replay, _scale, _sleep, _wakeup, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
 from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
@@ -51,6 +51,7 @@ NAMES = (
     "replay",
     "floor",
     "wakeup",
+    "message",
 )
 CHARTED = ("throughput", "latency")
 AGAINST = ("throughput", "latency", "retry")
@@ -456,6 +457,36 @@ class Suite:
         rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
         return rep
 
+    # -- message ----------------------------------------------------------------------
+
+    def message(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["message"].resized(runs=args.n)
+        repeat = args.repeat or workload.default_repeat
+        repeats: list[dict[str, float]] = []
+        with self.progress("message", repeat) as progress:
+            for r in range(repeat):
+                workdir = self.workdir / f"message-{r}"
+                repeats.append(_message.measure(workload.runs, workdir=workdir))
+                self.settle()
+                progress.update()
+        blocks: dict[str, dict[str, Any]] = {
+            "aruntime": report.side_block(
+                self.aruntime.version(),
+                {"store": "sqlite", "synchronous": "FULL", "processes": "owner + client"},
+                repeats,
+            )
+        }
+        rep = self._report(
+            "message",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["message"],
+        )
+        rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
+        return rep
+
     # -- sleep ------------------------------------------------------------------------
 
     def sleep(self) -> dict[str, Any]:
@@ -665,6 +696,9 @@ class Suite:
             figures = report.FIGURES[name]
         elif name == "wakeup":
             rep = self.wakeup()
+            figures = report.FIGURES[name]
+        elif name == "message":
+            rep = self.message()
             figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()

@@ -107,6 +107,11 @@ FIGURES: dict[str, list[Figure]] = {
         _f("cancel_pickup_p50_ms", "cancel picked up p50 ms", "{:,.2f}", "lower"),
         _f("cancel_pickup_p99_ms", "cancel picked up p99 ms", "{:,.2f}", "lower"),
     ],
+    "message": [
+        _f("delivery_p50_ms", "message delivered p50 ms", "{:,.2f}", "lower"),
+        _f("delivery_p99_ms", "message delivered p99 ms", "{:,.2f}", "lower"),
+        _f("delivery_max_ms", "message delivered max ms", "{:,.2f}", "lower"),
+    ],
     "recovery": [
         _f("unfinished_at_start", "runs unfinished"),
         _f("steps_completed_before_kill", "steps done at kill"),
@@ -174,6 +179,8 @@ def targets(workload: str, store: str) -> dict[str, tuple[str, float]]:
     elif workload == "wakeup":
         for name in ("result", "start_pickup", "cancel_pickup"):
             found[f"{name}_p99_ms"] = ("<=", 50)
+    elif workload == "message":
+        found["delivery_p99_ms"] = ("<=", 50)
     return found
 
 

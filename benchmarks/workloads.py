@@ -195,6 +195,18 @@ WORKLOADS: dict[str, Workload] = {
             default_repeat=3,
             needs_durable_store=True,
         ),
+        Workload(
+            name="message",
+            description=(
+                "an owner runtime in one process with one run receiving N messages in a row, "
+                "a Client in another sending each once the run waits for it"
+            ),
+            runs=200,
+            steps=0,
+            concurrency=1,
+            default_repeat=3,
+            needs_durable_store=True,
+        ),
     )
 }
 """Every closed-loop workload by name; `replay` is separate (`ReplaySpec`)."""

@@ -322,3 +322,13 @@ def test_wakeup_measures_results_and_requests_across_processes(
     for name in ("result", "start_pickup", "cancel_pickup"):
         assert 0 <= median(rep, f"{name}_p50_ms") <= median(rep, f"{name}_p99_ms") < 1000
     assert median(rep, "samples") == 10
+
+
+@pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
+def test_message_measures_delivery_to_a_waiting_run_across_processes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Message reports how soon a message from a client process reaches a waiting run."""
+    rep = run(capsys, "message", "--n", "10", "--repeat", "1")
+    assert 0 <= median(rep, "delivery_p50_ms") <= median(rep, "delivery_p99_ms") < 1000
+    assert median(rep, "samples") == 10

@@ -125,6 +125,7 @@ def test_runs_list_json_is_machine_readable(db: Path, capsys: pytest.CaptureFixt
     assert runs["stuck"]["parked"] is True
     assert runs["stuck"]["parked_reason"] == "restart budget exhausted (made by the test)"
     assert runs["payment"] | {"created_at": None, "updated_at": None} == {
+        "parent": None,
         "run_id": "payment",
         "workflow": "cli.pay",
         "status": "failed",

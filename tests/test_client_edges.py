@@ -222,10 +222,10 @@ class _LatePending(MemoryStore):
         self.hold = False
         self.consumed = asyncio.Event()
 
-    async def pending(self, *, run_id: str | None = None, limit: int | None = None) -> list[Any]:
+    async def pending(self, *, run_id: str | None = None, **kwargs: Any) -> list[Any]:
         if self.hold and run_id is not None:
             await self.consumed.wait()
-        return await super().pending(run_id=run_id, limit=limit)
+        return await super().pending(run_id=run_id, **kwargs)
 
     async def consume(self, request_id: int, *args: Any, **kwargs: Any) -> None:
         await super().consume(request_id, *args, **kwargs)

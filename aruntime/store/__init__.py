@@ -10,6 +10,7 @@ import os
 import urllib.parse
 
 from aruntime.errors import ConfigError
+from aruntime.store._base import CONTROL_KINDS as CONTROL_KINDS
 from aruntime.store._base import EventStore as EventStore
 from aruntime.store._base import OwnerInfo as OwnerInfo
 from aruntime.store._base import Request as Request
@@ -18,6 +19,7 @@ from aruntime.store._base import RunInfo as RunInfo
 from aruntime.store.memory import MemoryStore as MemoryStore
 
 __all__ = [
+    "CONTROL_KINDS",
     "EventStore",
     "MemoryStore",
     "OwnerInfo",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -12,6 +12,7 @@ from aruntime.events import Event, RunCancelled, RunCompleted, RunFailed, RunSta
 from aruntime.state import RunStatus
 
 __all__ = [
+    "CONTROL_KINDS",
     "EventStore",
     "OwnerInfo",
     "Request",
@@ -48,6 +49,17 @@ class RequestKind(enum.StrEnum):
     START = "start"
     CANCEL = "cancel"
     RESUME = "resume"
+    MESSAGE = "message"
+    """A message for the run, consumed by the run's `aruntime.receive` (not by the inbox
+    loop) in the transaction that records it."""
+    FORK = "fork"
+    """Make run `run_id` a copy of run `origin` up to the operation `from_step`."""
+
+
+CONTROL_KINDS = frozenset(
+    {RequestKind.START, RequestKind.CANCEL, RequestKind.RESUME, RequestKind.FORK}
+)
+"""The kinds the owning runtime's inbox loop applies in order (all but messages)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +82,18 @@ class Request:
     """START: seconds from the start after which the run is cancelled (its deadline)."""
     reason: str | None = None
     """CANCEL: the reason recorded with the cancellation."""
+    parent: str | None = None
+    """START: the run that asked for this one as its child."""
+    topic: str | None = None
+    """MESSAGE: the topic the run receives it on."""
+    payload: str | None = None
+    """MESSAGE: the serialized payload."""
+    key: str | None = None
+    """MESSAGE: the idempotency key; a second message with the same key is dropped."""
+    origin: str | None = None
+    """FORK: the run copied."""
+    from_step: str | None = None
+    """FORK: the identity of the first operation not copied."""
     id: int = 0
     """The inbox position the store gave the request (0 before it is posted)."""
 
@@ -89,8 +113,8 @@ class EventStore(Protocol):
       with events is gone exactly when those events are durable;
     * only ended runs are removed (`delete_run`, `prune`);
     * `change_counter` moves after every committed change to the inbox, to the set of runs,
-      to a run's status or to its parked mark, this process's or another's (it may move
-      after other changes too).
+      to a run's status, to its published values (`ValuePublished`) or to its parked
+      mark, this process's or another's (it may move after other changes too).
 
     A store opened by a `Client` (`owner` False) reads, posts requests and removes ended
     runs; every other write raises `StoreNotOwnerError`.
@@ -158,9 +182,15 @@ class EventStore(Protocol):
         ...
 
     async def pending(
-        self, *, run_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        limit: int | None = None,
+        kinds: Collection[RequestKind] | None = None,
+        after: int = 0,
     ) -> list[Request]:
-        """Requests not consumed yet, in the order they were posted (of one run if given)."""
+        """Requests not consumed yet, in the order they were posted: of one run if given,
+        of the given kinds only, and with an id greater than `after`."""
         ...
 
     async def consume(

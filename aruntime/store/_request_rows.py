@@ -26,7 +26,18 @@ RequestRow: TypeAlias = tuple[str, str, float, str, int]
 """`(kind, run_id, at, data, checksum)`, in the column order of the inbox table."""
 
 _pack_at = struct.Struct("<d").pack
-_FIELDS = ("workflow", "args", "timeout", "reason")
+_FIELDS = (
+    "workflow",
+    "args",
+    "timeout",
+    "reason",
+    "parent",
+    "topic",
+    "payload",
+    "key",
+    "origin",
+    "from_step",
+)
 _KINDS = {kind.value: kind for kind in RequestKind}
 
 
@@ -50,7 +61,9 @@ def encode_request(request: Request) -> RequestRow:
         name: getattr(request, name) for name in _FIELDS if getattr(request, name) is not None
     }
     data = json.dumps(fields, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    for name in ("workflow", "args", "reason"):
+    for name in _FIELDS:
+        if name == "timeout":
+            continue
         value = fields.get(name)
         if value is not None and not storable_text(value):
             raise SerializationError(

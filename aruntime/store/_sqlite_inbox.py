@@ -46,14 +46,23 @@ def insert_request(conn: sqlite3.Connection, row: RequestRow) -> int:
 
 
 def read_pending(
-    conn: sqlite3.Connection, path: Path, run_id: str | None, limit: int | None
+    conn: sqlite3.Connection,
+    path: Path,
+    run_id: str | None,
+    limit: int | None,
+    *,
+    kinds: Sequence[str] | None = None,
+    after: int = 0,
 ) -> list[Request]:
-    """The requests not consumed yet, in the order they were posted."""
-    sql = "SELECT id, kind, run_id, at, data, checksum FROM inbox"
-    params: list[Any] = []
+    """The requests not consumed yet (of a run, of some kinds, after an id), in order."""
+    sql = "SELECT id, kind, run_id, at, data, checksum FROM inbox WHERE id > ?"
+    params: list[Any] = [after]
     if run_id is not None:
-        sql += " WHERE run_id = ?"
+        sql += " AND run_id = ?"
         params.append(run_id)
+    if kinds is not None:
+        sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+        params += kinds
     sql += " ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"

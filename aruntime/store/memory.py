@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aruntime.errors import (
     RunActiveError,
@@ -23,11 +23,12 @@ from aruntime.errors import (
     SerializationError,
     StoreCorruptError,
 )
-from aruntime.events import Event, RunStarted
+from aruntime.events import Event, RunStarted, ValuePublished
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
     Request,
+    RequestKind,
     RunInfo,
     check_batch,
     check_prune_status,
@@ -113,9 +114,13 @@ class MemoryStore:
             row.checksums.extend(checksums)
             status = row.status
             row.status = status_after(status, events)
-        if expected_sequence == 0 or row.status is not status:
-            # What waiters wait for: a new run, a run's end. A step's progress wakes nobody,
-            # which keeps the in-memory hot path free of wake-ups.
+        if (
+            expected_sequence == 0
+            or row.status is not status
+            or any(type(event) is ValuePublished for event in events)
+        ):
+            # What waiters wait for: a new run, a run's end, a published value. A step's
+            # progress wakes nobody, which keeps the in-memory hot path free of wake-ups.
             self._changes.bump()
 
     async def events_for(self, run_id: str, after: int = 0) -> list[Event]:
@@ -176,9 +181,20 @@ class MemoryStore:
         return request_id
 
     async def pending(
-        self, *, run_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        limit: int | None = None,
+        kinds: Collection[RequestKind] | None = None,
+        after: int = 0,
     ) -> list[Request]:
-        found = [r for r in self._inbox.values() if run_id is None or r.run_id == run_id]
+        found = [
+            r
+            for r in self._inbox.values()
+            if (run_id is None or r.run_id == run_id)
+            and (kinds is None or r.kind in kinds)
+            and r.id > after
+        ]
         return found if limit is None else found[: max(0, limit)]
 
     async def consume(

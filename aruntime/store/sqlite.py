@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -74,6 +75,7 @@ from aruntime.store import _sqlite_schema as schema
 from aruntime.store._base import (
     OwnerInfo,
     Request,
+    RequestKind,
     RunInfo,
     check_batch,
     check_prune_status,
@@ -359,9 +361,21 @@ class SqliteStore:
         return request_id
 
     async def pending(
-        self, *, run_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        limit: int | None = None,
+        kinds: Collection[RequestKind] | None = None,
+        after: int = 0,
     ) -> list[Request]:
-        return await self._read(run_id, inbox.read_pending, self._path, run_id, limit)
+        kind_values = None if kinds is None else sorted(RequestKind(k).value for k in kinds)
+        return await self._read(
+            run_id,
+            functools.partial(inbox.read_pending, kinds=kind_values, after=after),
+            self._path,
+            run_id,
+            limit,
+        )
 
     async def consume(
         self,
