@@ -5,8 +5,6 @@ runtime moves on, and its state is a fold of that log, so a crashed run resumes 
 where its log ends.
 """
 
-from __future__ import annotations
-
 from aruntime._context import RunContext as RunContext
 from aruntime._context import StepContext as StepContext
 from aruntime._context import current_run as current_run

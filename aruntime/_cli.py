@@ -42,6 +42,7 @@ import structlog
 from aruntime import _cli_show
 from aruntime._cli_runs import add_runs_commands
 from aruntime._cli_worker import add_worker_command
+from aruntime.client import waiting_starts
 from aruntime.errors import AruntimeError, ConfigError
 from aruntime.events import Event, StepFailed, op_identity
 from aruntime.state import RunState, RunStatus, replay
@@ -55,7 +56,7 @@ DB_VARIABLE = "ARUNTIME_DB"
 """The environment variable that names the database of the `runs` commands."""
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-_STATUSES = ("running", "completed", "failed", "parked")
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "parked")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,6 +294,9 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
         infos = await store.list_runs(status=RunStatus(status))
     else:
         infos = await store.list_runs()
+    if status in (None, "pending"):
+        listed = {i.run_id for i in infos}
+        infos += [i for i in await waiting_starts(store) if i.run_id not in listed]
     owner = await store.owner_info()
     parents = await _cli_show.parents_of(store, [i.run_id for i in infos])
     if args.json:
@@ -321,8 +325,15 @@ async def _show(store: EventStore, args: argparse.Namespace) -> int:
     info = await store.get_run(args.run_id)
     events = await store.events_for(args.run_id)
     if info is None or not events:
-        _error(f"no run {args.run_id!r} in {args.db}")
-        return EXIT_FAILED
+        waiting = [i for i in await waiting_starts(store) if i.run_id == args.run_id]
+        if not waiting:
+            _error(f"no run {args.run_id!r} in {args.db}")
+            return EXIT_FAILED
+        print(
+            f"run {args.run_id} ({waiting[0].workflow}): pending, its start waits for the "
+            "runtime that owns the file"
+        )
+        return 0
     state = replay(events)
     messages = await _cli_show.pending_messages(store, args.run_id)
     if args.json:
@@ -441,6 +452,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
 
 
 def _status(info: RunInfo, owner: OwnerInfo | None = None) -> str:
+    if info.status is RunStatus.PENDING:
+        return "pending (its start waits for the runtime that owns the file)"
     if info.parked:
         return f"parked ({info.status.value})"
     if (

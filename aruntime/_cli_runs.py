@@ -19,9 +19,9 @@ runtime that knows it runs it); `fork` asks for a new run that copies the run up
 (an identity as `runs show` lists it) and goes on from there; `read` prints the latest
 value the run published under KEY, as JSON.
 
-Exit codes: 0 done; 1 no such run, a run that has not ended (delete), or a run that did
-not complete (wait: failed, cancelled, parked, or still running at the timeout); 2 bad
-usage or no usable database.
+Exit codes: 0 done; 1 no such run, or a run that has not ended (delete); 2 bad usage or
+no usable database. `wait` tells how the run ended: 0 completed (its result printed), 3
+failed, 4 cancelled, 5 parked, 6 still running at the timeout.
 """
 
 from __future__ import annotations
@@ -36,13 +36,25 @@ from pathlib import Path
 from typing import Any
 
 from aruntime.client import Client
-from aruntime.errors import AruntimeError, ConfigError, RunNotFoundError, StoreReadOnlyError
+from aruntime.errors import (
+    AruntimeError,
+    ConfigError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    RunParkedError,
+    StoreReadOnlyError,
+)
 from aruntime.state import RunStatus
 
 __all__ = ["add_runs_commands", "parse_age"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_RUN_FAILED = 3
+EXIT_RUN_CANCELLED = 4
+EXIT_RUN_PARKED = 5
+EXIT_TIMED_OUT = 6
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -70,7 +82,14 @@ def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_he
     delete = runs_commands.add_parser("delete", parents=[common], help="remove an ended run")
     delete.add_argument("run_id", metavar="RUN_ID")
     delete.set_defaults(handler=lambda a: _with_client(a, _delete))
-    wait = runs_commands.add_parser("wait", parents=[common], help="wait for a run's result")
+    wait = runs_commands.add_parser(
+        "wait",
+        parents=[common],
+        help="wait for a run's result",
+        description="Print the run's result as JSON once it has ended. Exit status: 0 "
+        "completed, 1 no such run, 3 failed, 4 cancelled, 5 parked, 6 still running after "
+        "--timeout.",
+    )
     wait.add_argument("run_id", metavar="RUN_ID")
     wait.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after (none)")
     wait.set_defaults(handler=lambda a: _with_client(a, _wait))
@@ -159,14 +178,20 @@ async def _run(path: Path, command: _Command, args: argparse.Namespace) -> int:
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:
-    await client.cancel(args.run_id, reason=args.reason)
-    print(f"cancellation of {args.run_id} requested")
+    status = await client.cancel(args.run_id, reason=args.reason)
+    if status.terminal:
+        print(f"{args.run_id} has already ended ({status.value}); nothing to cancel")
+    else:
+        print(f"cancellation of {args.run_id} requested")
     return 0
 
 
 async def _resume(client: Client, args: argparse.Namespace) -> int:
-    await client.resume(args.run_id)
-    print(f"resumption of {args.run_id} requested")
+    status = await client.resume(args.run_id)
+    if status.terminal:
+        print(f"{args.run_id} has already ended ({status.value}); nothing to resume")
+    else:
+        print(f"resumption of {args.run_id} requested")
     return 0
 
 
@@ -180,7 +205,13 @@ async def _wait(client: Client, args: argparse.Namespace) -> int:
     try:
         value: Any = await client.handle(args.run_id).result(timeout=args.timeout)
     except TimeoutError:
-        return _fail(f"run {args.run_id!r} has not ended after {args.timeout}s", EXIT_FAILED)
+        return _fail(f"run {args.run_id!r} has not ended after {args.timeout}s", EXIT_TIMED_OUT)
+    except RunFailedError as exc:
+        return _fail(str(exc), EXIT_RUN_FAILED)
+    except RunCancelledError as exc:
+        return _fail(str(exc), EXIT_RUN_CANCELLED)
+    except RunParkedError as exc:
+        return _fail(str(exc), EXIT_RUN_PARKED)
     print(json.dumps(value))
     return 0
 

@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import importlib
 import math
+import os
 import signal
 import sys
+import traceback
 import urllib.parse
 from typing import Any
 
@@ -40,7 +42,11 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
         help="run the workflows that some modules register, until SIGTERM or SIGINT",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    worker.add_argument("--db", required=True, metavar="URL", help="the store: sqlite:///path.db")
+    worker.add_argument(
+        "--db",
+        metavar="URL",
+        help="the store: a path or sqlite:///path.db (default: $ARUNTIME_DB)",
+    )
     worker.add_argument(
         "--import",
         dest="modules",
@@ -71,12 +77,25 @@ def _grace(text: str) -> float:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from aruntime._cli import DB_VARIABLE  # noqa: PLC0415 - _cli imports this module
+
+    db: str | None = args.db or os.environ.get(DB_VARIABLE) or None
+    if db is None:
+        print(f"aruntime: no database: pass --db, or set {DB_VARIABLE}", file=sys.stderr)
+        return EXIT_USAGE
     # A path goes into the URL quoted: it may hold `?` or `%xx`.
-    url: str = args.db if "://" in args.db else f"sqlite:///{urllib.parse.quote(args.db)}"
+    url = db if "://" in db else f"sqlite:///{urllib.parse.quote(db)}"
     try:
         workflows = _import(args.modules)
     except (ImportError, AruntimeError) as exc:
         print(f"aruntime: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the module's own code failed: show where, then say so
+        traceback.print_exc()
+        print(
+            f"aruntime: importing {', '.join(args.modules)} failed: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if not workflows:
         print(
@@ -122,3 +141,8 @@ async def _serve(url: str, workflows: list[Workflow[..., Any]], grace: float) ->
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     logger.info("worker.stopped")
+    print(
+        "aruntime worker: stopped; unfinished runs go on in the next runtime to open the store",
+        file=sys.stderr,
+        flush=True,
+    )

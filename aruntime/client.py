@@ -158,27 +158,37 @@ class Client:
         """A handle on a run by id (checked when used); `workflow` types its result."""
         return ClientHandle(self, check_run_id(run_id), workflow)
 
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> None:
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunStatus:
         """Ask the owning runtime to cancel the run (see `Runtime.cancel`).
 
-        Cancelling an ended run changes nothing. The run ends `CANCELLED` once the
-        runtime has applied the request and the run's cleanup is done; wait for it with
-        `handle(run_id).result()`, which then raises `RunCancelledError`.
+        The run ends `CANCELLED` once the runtime has applied the request and the run's
+        cleanup is done; wait for it with `handle(run_id).result()`, which then raises
+        `RunCancelledError`.
+
+        Returns:
+            The run's status when asked: `RUNNING` (or `PENDING`, a start that waits in
+            the inbox) once the request is recorded; an ended run's status when it has
+            ended, and then nothing is asked.
 
         Raises:
             RunNotFoundError: no such run, and no start of it is waiting in the inbox.
         """
         if reason is not None and not isinstance(reason, str):
             raise ConfigError(f"a cancellation reason must be a str, got {reason!r}")
-        await self._post_for_existing(RequestKind.CANCEL, run_id, reason=reason or "cancelled")
+        return await self._post_for_existing(
+            RequestKind.CANCEL, run_id, reason=reason or "cancelled"
+        )
 
-    async def resume(self, run_id: str) -> None:
+    async def resume(self, run_id: str) -> RunStatus:
         """Ask the owning runtime to clear a parked run's mark and run it again.
+
+        Returns:
+            The run's status when asked, as `cancel` does: an ended run is not resumed.
 
         Raises:
             RunNotFoundError: no such run, and no start of it is waiting in the inbox.
         """
-        await self._post_for_existing(RequestKind.RESUME, run_id)
+        return await self._post_for_existing(RequestKind.RESUME, run_id)
 
     async def delete(self, run_id: str) -> None:
         """Remove an ended run (its log and index row) from the store.
@@ -341,22 +351,46 @@ class Client:
         limit: int | None = None,
     ) -> list[RunInfo]:
         """The store's runs, oldest first: of one status, one workflow, created at or
-        after the epoch time `since`, at most `limit` of them."""
+        after the epoch time `since`, at most `limit` of them. Starts that wait in the inbox
+        for the owning runtime come last, `PENDING` and at version 0."""
         self._require_open()
         name = None if workflow is None else _workflow_name(workflow)[0]
-        return await self.store.list_runs(status=status, workflow=name, since=since, limit=limit)
+        runs = await self.store.list_runs(status=status, workflow=name, since=since, limit=limit)
+        if status not in (None, RunStatus.PENDING) or (limit is not None and len(runs) >= limit):
+            return runs
+        listed = {info.run_id for info in runs}
+        runs += [
+            info
+            for info in await waiting_starts(self.store)
+            if info.run_id not in listed
+            and (name is None or info.workflow == name)
+            and (since is None or info.created_at >= since)
+        ]
+        return runs if limit is None else runs[:limit]
 
     async def state(self, run_id: str) -> RunState:
-        """The run's state, replayed from its log.
+        """The run's state, replayed from its log; a start that waits in the inbox for the
+        owning runtime is a state `PENDING`, with the run id and workflow only.
 
         Raises:
-            RunNotFoundError: no such run.
+            RunNotFoundError: no such run, and no start of it is waiting.
         """
         self._require_open()
         events = await self.store.events_for(check_run_id(run_id))
-        if not events:
-            raise RunNotFoundError(run_id)
-        return replay(events)
+        if events:
+            return replay(events)
+        start = await self._waiting_start(run_id)
+        if start is None:
+            events = await self.store.events_for(run_id)  # applied between the two reads
+            if not events:
+                raise RunNotFoundError(run_id)
+            return replay(events)
+        return RunState(run_id=run_id, workflow=start.workflow, args=start.args)
+
+    async def _waiting_start(self, run_id: str) -> Request | None:
+        """The start of `run_id` that waits in the inbox, if one does."""
+        starts = [r for r in await self.store.pending(run_id=run_id) if r.kind is RequestKind.START]
+        return starts[0] if starts else None
 
     # -- internals ---------------------------------------------------------------------
 
@@ -366,16 +400,22 @@ class Client:
 
     async def _post_for_existing(
         self, kind: RequestKind, run_id: str, *, reason: str | None = None
-    ) -> None:
+    ) -> RunStatus:
+        """Post the request unless the run has ended; the run's status."""
         self._require_open()
         check_run_id(run_id)
-        if (
-            await self.store.get_run(run_id) is None
-            and not await self._pending(run_id, RequestKind.START)
-            and await self.store.get_run(run_id) is None  # applied between the two reads
-        ):
-            raise RunNotFoundError(run_id)
+        info = await self.store.get_run(run_id)
+        if info is None:
+            if await self._pending(run_id, RequestKind.START):
+                status = RunStatus.PENDING
+            elif (info := await self.store.get_run(run_id)) is None:  # applied meanwhile
+                raise RunNotFoundError(run_id)
+        if info is not None:
+            status = info.status
+            if status.terminal:
+                return status
         await self.store.post(Request(kind=kind, run_id=run_id, at=self.clock.now(), reason=reason))
+        return status
 
     async def _same_start(self, run_id: str, name: str, encoded: str) -> bool:
         """Whether the run, or a start of it waiting in the inbox, already exists.
@@ -385,9 +425,8 @@ class Client:
         """
         store = self.store
         if (info := await store.get_run(run_id)) is None:
-            starts = [r for r in await store.pending(run_id=run_id) if r.kind is RequestKind.START]
-            if starts:
-                start = starts[0]
+            start = await self._waiting_start(run_id)
+            if start is not None:
                 recorded = NO_ARGS if start.args is None else start.args
                 check_same_start(
                     self.serializer,
@@ -422,6 +461,23 @@ class Client:
         return any(request.kind is kind for request in pending)
 
 
+async def waiting_starts(store: EventStore) -> list[RunInfo]:
+    """The starts that wait in the store's inbox for the owning runtime, as index rows of
+    runs `PENDING` at version 0, in the order they were asked for (one per run id)."""
+    starts: dict[str, RunInfo] = {}
+    for request in await store.pending():
+        if request.kind is RequestKind.START and request.run_id not in starts:
+            starts[request.run_id] = RunInfo(
+                run_id=request.run_id,
+                workflow=request.workflow or "",
+                status=RunStatus.PENDING,
+                version=0,
+                created_at=request.at,
+                updated_at=request.at,
+            )
+    return list(starts.values())
+
+
 class ClientHandle(Generic[R]):
     """A reference to one run, by id, seen from a client."""
 
@@ -441,9 +497,9 @@ class ClientHandle(Generic[R]):
         """The run's state, replayed from its log."""
         return await self._client.state(self.run_id)
 
-    async def cancel(self, reason: str | None = None) -> None:
+    async def cancel(self, reason: str | None = None) -> RunStatus:
         """Ask for the run's cancellation (see `Client.cancel`)."""
-        await self._client.cancel(self.run_id, reason=reason)
+        return await self._client.cancel(self.run_id, reason=reason)
 
     async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - the caller's bound on the wait
         """Wait for the run to end and return the workflow's result.

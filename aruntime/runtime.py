@@ -46,7 +46,7 @@ from aruntime.events import (
 )
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
-from aruntime.store import EventStore, MemoryStore, OwnerInfo, RunInfo, open_store
+from aruntime.store import EventStore, MemoryStore, OwnerInfo, RequestKind, RunInfo, open_store
 
 __all__ = ["MAX_RUN_ID_LENGTH", "RunHandle", "Runtime", "RuntimeConfig"]
 
@@ -578,12 +578,22 @@ class RunHandle(Generic[R]):
             seen = rt.store.change_counter()
             info = await rt.store.get_run(self.run_id)
             if info is None:
-                raise RunNotFoundError(self.run_id)
+                if not await self._start_waits(rt.store):
+                    raise RunNotFoundError(self.run_id)
+                await rt._wait_exit(self.run_id, seen)  # the inbox applies it soon
+                continue
             if info.status.terminal:
                 return await self._outcome(info.version)
             if info.parked:
                 raise RunParkedError(self.run_id, info.parked_reason or "")
             await rt._wait_exit(self.run_id, seen)
+
+    async def _start_waits(self, store: EventStore) -> bool:
+        """Whether a start of this run waits in the inbox (or was applied meanwhile)."""
+        pending = await store.pending(run_id=self.run_id)
+        if any(r.kind is RequestKind.START for r in pending):
+            return True
+        return await store.get_run(self.run_id) is not None
 
     def _from_state(self, state: RunState) -> R:
         if state.status is RunStatus.COMPLETED:

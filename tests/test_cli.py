@@ -421,3 +421,21 @@ def test_runs_show_names_branch_operations_sleeps_and_cancellation(
     assert rows["1"] == ["1", "sleep", "-", "until"]
     assert "op 2.1 step 'cli.greet' attempt 1" in history
     assert "reason operator said so" in history
+
+
+@pytest.mark.parametrize(
+    ("run_id", "code", "says"),
+    [
+        ("greeting", 0, '"hello ada"'),
+        ("payment", 3, "card declined"),
+        ("stuck", 5, "restart budget exhausted"),
+        ("nobody", 1, "no run 'nobody'"),
+    ],
+)
+def test_runs_wait_exit_status_tells_how_the_run_ended(
+    db: Path, capsys: pytest.CaptureFixture[str], run_id: str, code: int, says: str
+) -> None:
+    """0 completed (result printed), 3 failed, 5 parked, 1 no such run."""
+    got, out, err = cli(capsys, "runs", "wait", run_id, "--db", db, "--timeout", "5")
+    assert got == code, out + err
+    assert says in out + err

@@ -256,7 +256,18 @@ async def test_client_never_writes_a_runs_log(tmp_path: Path) -> None:
         before = await client.state("done")
         await client.start(checkout, "new", run_id="new")
         assert await client.state("done") == before
-        assert await client.list() == [i for i in await client.list() if i.run_id == "done"]
+        assert [i.run_id for i in await client.store.list_runs()] == ["done"]  # no new log
+        listed = [(i.run_id, i.status, i.version) for i in await client.list()]
+        assert listed == [("done", RunStatus.COMPLETED, 4), ("new", RunStatus.PENDING, 0)]
+        pending = await client.state("new")
+        assert (pending.status, pending.workflow, pending.version) == (
+            RunStatus.PENDING,
+            checkout.name,
+            0,
+        )
+        assert await client.cancel("done") is RunStatus.COMPLETED  # ended: nothing asked
+        assert await client.cancel("new") is RunStatus.PENDING
+        assert [r.kind.value for r in await client.store.pending(run_id="done")] == []
 
 
 async def aruntime_wait_running(client: Client, run_id: str) -> None:
@@ -265,3 +276,30 @@ async def aruntime_wait_running(client: Client, run_id: str) -> None:
         while (info := await client.store.get_run(run_id)) is None:
             await client.store.wait_changed(client.store.change_counter(), 0.01)
     assert info.status is RunStatus.RUNNING
+
+
+async def test_a_start_waiting_in_the_inbox_is_a_pending_run_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start posted while no runtime runs is a PENDING run to state(), list(), the CLI
+    and a runtime's handle, which waits for it instead of calling it unknown."""
+    from aruntime._cli import run as cli
+
+    db = tmp_path / "runs.db"
+    url = f"sqlite:///{db}"
+    async with Client(url) as client:
+        handle = await client.start(checkout, "queued", run_id="queued")
+        assert (await handle.state()).status is RunStatus.PENDING
+        assert [(i.run_id, i.status) for i in await client.list()] == [
+            ("queued", RunStatus.PENDING)
+        ]
+        assert await client.list(status=RunStatus.COMPLETED) == []
+    assert await asyncio.to_thread(cli, ["runs", "list", "--db", str(db)]) == 0
+    assert "queued" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli, ["runs", "show", "queued", "--db", str(db)]) == 0
+    assert "pending, its start waits" in capsys.readouterr().out
+    async with Runtime(url) as rt:
+        receipt = await rt.handle("queued").result()  # found, though not applied yet
+    assert receipt == Receipt("queued", 5)
+    assert await asyncio.to_thread(cli, ["runs", "cancel", "queued", "--db", str(db)]) == 0
+    assert "has already ended (completed); nothing to cancel" in capsys.readouterr().out
