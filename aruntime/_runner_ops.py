@@ -63,6 +63,7 @@ from aruntime.events import (
     FirstWon,
     MessageReceived,
     MessageSent,
+    OperationCancelled,
     ReceiveStarted,
     ReceiveTimedOut,
     ValuePublished,
@@ -415,18 +416,24 @@ async def _wait_child(runner: Runner, identity: str, workflow: Workflow[..., Any
         current = runner.state.children[identity]
         if isinstance(action, Cancel):
             if action.record:
-                runner._interrupted_at(current.branch, current.position)
+                runner._append_later(
+                    OperationCancelled, position=current.position, branch=current.branch
+                )
                 await _cancel_child(runner, current.child, runner.state.cancel_reason)
             runner._deliver(asyncio.current_task())
             raise asyncio.CancelledError
         assert isinstance(action, WaitChild)
-        await runner._hold(branch)
         try:
+            await runner._hold(branch)
             await _watch_child(runner, identity, current.child)
         except asyncio.CancelledError:
-            if runner._interrupted_at(current.branch, current.position):
+            # The run's cancellation reached the wait, or the branch lost a first-of: the
+            # child is cancelled too (a cancel of an ended run changes nothing).
+            lost = branch.loser and runner._abort is None and not runner._closing
+            if runner._interrupted_at(current.branch, current.position) or lost:
+                reason = runner.state.cancel_reason or "lost aruntime.first"
                 with contextlib.suppress(Exception):
-                    await _cancel_child(runner, current.child, runner.state.cancel_reason)
+                    await _cancel_child(runner, current.child, reason)
             raise
 
 

@@ -18,6 +18,7 @@ from aruntime import (
     workflow,
 )
 from aruntime.errors import NonRetryableError
+from aruntime.events import ChildStarted
 from aruntime.store import MemoryStore
 from aruntime.testing import crash_run
 
@@ -141,3 +142,24 @@ async def test_run_child_outside_a_workflow_is_refused() -> None:
     with pytest.raises(LookupError):
         await aruntime.run_child(child, 1)
     await asyncio.sleep(0)
+
+
+@workflow(name="children_test.race_children")
+async def race_children() -> str:
+    return str(
+        await aruntime.first(aruntime.run_child(waiting_child), aruntime.run_child(child, 5))
+    )
+
+
+async def test_a_child_whose_wait_lost_a_first_is_cancelled() -> None:
+    """`first` of two children: the quick one wins, the other child run is cancelled."""
+    store = MemoryStore()
+    async with Runtime(store) as rt:
+        assert await (await rt.start(race_children, run_id="rc")).result() == "10"
+        log = await store.events_for("rc")
+        children = [e.child for e in log if isinstance(e, ChildStarted)]
+        assert sorted(children) == ["rc/1.1", "rc/2.1"]
+        await wait_until(lambda: _ended(store, "rc/1.1"))
+        info = await store.get_run("rc/1.1")
+        assert info is not None
+        assert info.status is RunStatus.CANCELLED
