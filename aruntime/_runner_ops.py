@@ -68,17 +68,19 @@ from aruntime.events import (
     ReceiveTimedOut,
     ValuePublished,
 )
-from aruntime.state import RunStatus, fold_into, replay
+from aruntime.state import RunState, RunStatus, fold_into, replay
 from aruntime.store import Request, RequestKind
 
 if TYPE_CHECKING:
     from aruntime._context import Branch
     from aruntime._definitions import Workflow
     from aruntime._runner import Runner
+    from aruntime.store import EventStore
 
 __all__ = [
     "ChildHandle",
     "cancel_children",
+    "cancel_children_of",
     "child_run_id",
     "first",
     "publish",
@@ -462,23 +464,36 @@ async def _watch_child(runner: Runner, identity: str, child: str) -> None:
 
 
 async def _cancel_child(runner: Runner, child: str, reason: str | None) -> None:
-    await runner._store.post(
+    await post_cancel(runner._store, runner._clock.now(), runner.run_id, child, reason)
+
+
+async def post_cancel(
+    store: EventStore, now: float, parent: str, child: str, reason: str | None
+) -> None:
+    """Ask for the cancellation of `parent`'s child run `child`."""
+    await store.post(
         Request(
             kind=RequestKind.CANCEL,
             run_id=child,
-            at=runner._clock.now(),
-            reason=f"parent {runner.run_id!r} cancelled: {reason or 'cancelled'}",
+            at=now,
+            reason=f"parent {parent!r} cancelled: {reason or 'cancelled'}",
         )
     )
 
 
 async def cancel_children(runner: Runner, reason: str) -> None:
     """The run ends cancelled: ask each child whose end it has not recorded to cancel."""
-    for child in runner.state.children.values():
+    await cancel_children_of(runner._store, runner._clock.now(), runner.state, reason)
+
+
+async def cancel_children_of(store: EventStore, now: float, state: RunState, reason: str) -> None:
+    """Ask each child of the run of `state` that has not ended to cancel."""
+    assert state.run_id is not None
+    for child in state.children.values():
         if child.status is None:
-            info = await runner._store.get_run(child.child)
+            info = await store.get_run(child.child)
             if info is None or not info.status.terminal:
-                await _cancel_child(runner, child.child, reason)
+                await post_cancel(store, now, state.run_id, child.child, reason)
 
 
 # -- first of several -----------------------------------------------------------------

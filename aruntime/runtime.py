@@ -22,6 +22,7 @@ from aruntime._definitions import (
 from aruntime._inbox import Inbox
 from aruntime._log import logger
 from aruntime._runner import check_same_start, convert_result, encode_start_args
+from aruntime._runner_ops import cancel_children_of
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
 from aruntime.clock import Clock, SystemClock
 from aruntime.errors import (
@@ -490,6 +491,7 @@ class Runtime:
             if info is not None and info.parked:
                 await self.store.unpark(run_id)
             fold_into(state, batch)
+            await cancel_children_of(self.store, now, state, state.cancel_reason or text)
             self._run_exited(run_id, state)
             return RunStatus.CANCELLED
 

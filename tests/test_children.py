@@ -163,3 +163,18 @@ async def test_a_child_whose_wait_lost_a_first_is_cancelled() -> None:
         info = await store.get_run("rc/1.1")
         assert info is not None
         assert info.status is RunStatus.CANCELLED
+
+
+async def test_cancelling_a_parent_that_no_runtime_runs_cancels_its_children() -> None:
+    """A parent cancelled while parked (nothing runs it) still has its children cancelled."""
+    store = MemoryStore()
+    async with Runtime(store) as rt:
+        await rt.start(waits_on_child, run_id="pp")
+        await wait_until(lambda: _running(store, "pp/1"))
+    await store.park("pp", "parked by the test")
+    async with Runtime(store, workflows=[waiting_child]) as rt:
+        assert await rt.cancel("pp") is RunStatus.CANCELLED
+        await wait_until(lambda: _ended(store, "pp/1"))
+        info = await store.get_run("pp/1")
+        assert info is not None
+        assert info.status is RunStatus.CANCELLED
