@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aruntime import _context
 from aruntime._decide import Cancel, Mismatch
@@ -56,6 +56,7 @@ from aruntime.errors import (
     RunFailedError,
     RunNotFoundError,
     SerializationError,
+    StoreError,
 )
 from aruntime.events import (
     ChildEnded,
@@ -90,6 +91,16 @@ __all__ = [
 ]
 
 _MESSAGE = (RequestKind.MESSAGE,)
+_T = TypeVar("_T")
+
+
+async def _io(runner: Runner, call: Awaitable[_T]) -> _T:
+    """Await a store call of an operation; a store that fails stops the runner, and the
+    run is respawned from its log, which says what happened (never a workflow error)."""
+    try:
+        return await call
+    except StoreError as exc:
+        raise runner._fail(exc) from None
 
 
 def _dumps(runner: Runner, value: Any, what: str) -> str:
@@ -161,7 +172,7 @@ async def receive(runner: Runner, topic: str, timeout: float | None) -> Any:  # 
 async def _take(runner: Runner, branch: Branch, position: int, topic: str) -> bool:
     """Consume the oldest message on `topic` with its `MessageReceived`; False if none."""
     store = runner._store
-    for request in await store.pending(run_id=runner.run_id, kinds=_MESSAGE):
+    for request in await _io(runner, store.pending(run_id=runner.run_id, kinds=_MESSAGE)):
         if (request.topic or "default") != topic or request.id in runner._taken:
             continue
         async with runner._lock:
@@ -233,7 +244,7 @@ async def send(runner: Runner, target: str, payload: Any, topic: str) -> None:
         assert sent is not None
         if sent.error_type:
             raise _send_error(sent.error_type, target)
-        if not send_confirmed(runner.state, sent):
+        if not send_confirmed(runner.state, sent) and await _may_be_lost(runner, sent):
             await _post(runner, sent)  # it may not have left before a crash: again, once
         return
     await runner._hold(branch)
@@ -242,7 +253,7 @@ async def send(runner: Runner, target: str, payload: Any, topic: str) -> None:
     if isinstance(action, Mismatch):
         raise runner._mismatch(identity, action)
     text = _dumps(runner, payload, "the message")
-    info = await runner._store.get_run(target)
+    info = await _io(runner, runner._store.get_run(target))
     if info is None:
         refused = "RunNotFoundError"
     elif info.status.terminal:
@@ -265,6 +276,17 @@ async def send(runner: Runner, target: str, payload: Any, topic: str) -> None:
     await _post(runner, sent)
 
 
+async def _may_be_lost(runner: Runner, sent: MessageSent) -> bool:
+    """Whether a recorded send may not have been posted: it is not waiting in the inbox,
+    and its target still runs (a copy posted to an ended run would wait forever)."""
+    store = runner._store
+    info = await _io(runner, store.get_run(sent.target))
+    if info is not None and info.status.terminal:
+        return False
+    waiting = await _io(runner, store.pending(run_id=sent.target, kinds=_MESSAGE))
+    return all(message.key != sent.key for message in waiting)
+
+
 def _send_error(error_type: str, target: str) -> AruntimeError:
     if error_type.startswith("RunEndedError"):
         return RunEndedError(target, error_type.partition(":")[2] or "ended")
@@ -272,15 +294,18 @@ def _send_error(error_type: str, target: str) -> AruntimeError:
 
 
 async def _post(runner: Runner, sent: MessageSent) -> None:
-    await runner._store.post(
-        Request(
-            kind=RequestKind.MESSAGE,
-            run_id=sent.target,
-            at=runner._clock.now(),
-            topic=sent.topic,
-            payload=sent.payload,
-            key=sent.key,
-        )
+    await _io(
+        runner,
+        runner._store.post(
+            Request(
+                kind=RequestKind.MESSAGE,
+                run_id=sent.target,
+                at=runner._clock.now(),
+                topic=sent.topic,
+                payload=sent.payload,
+                key=sent.key,
+            ),
+        ),
     )
 
 
@@ -362,7 +387,12 @@ async def start_child(
     if isinstance(action, Recorded):
         recorded = action.child
         assert recorded is not None
-        if recorded.status is None and await runner._store.get_run(child) is None:
+        store = runner._store
+        if (
+            recorded.status is None
+            and await _io(runner, store.get_run(child)) is None
+            and not await _io(runner, store.pending(run_id=child, kinds=(RequestKind.START,)))
+        ):
             # Recorded, but the start may not have left before a crash: ask again (a
             # start of an existing run id changes nothing).
             await _post_start(runner, workflow, child, args, kwargs)
@@ -388,15 +418,18 @@ async def _post_start(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
-    await runner._store.post(
-        Request(
-            kind=RequestKind.START,
-            run_id=child,
-            at=runner._clock.now(),
-            workflow=workflow.name,
-            args=encode_start_args(runner._serializer, workflow, child, args, kwargs),
-            parent=runner.run_id,
-        )
+    await _io(
+        runner,
+        runner._store.post(
+            Request(
+                kind=RequestKind.START,
+                run_id=child,
+                at=runner._clock.now(),
+                workflow=workflow.name,
+                args=encode_start_args(runner._serializer, workflow, child, args, kwargs),
+                parent=runner.run_id,
+            ),
+        ),
     )
 
 
@@ -444,11 +477,11 @@ async def _watch_child(runner: Runner, identity: str, child: str) -> None:
     store = runner._store
     while True:
         seen = store.change_counter()
-        info = await store.get_run(child)
+        info = await _io(runner, store.get_run(child))
         if info is not None and info.status.terminal:
             break
         await store.wait_changed(seen)
-    ended = replay(await store.events_for(child))
+    ended = replay(await _io(runner, store.events_for(child)))
     if runner.state.children[identity].status is not None:
         return
     current = runner.state.children[identity]

@@ -22,8 +22,9 @@ from aruntime import (
     step,
     workflow,
 )
-from aruntime.store import EventStore, MemoryStore, RequestKind
-from aruntime.testing import crash_run
+from aruntime.errors import StoreError
+from aruntime.store import EventStore, MemoryStore, Request, RequestKind
+from aruntime.testing import StoreWrapper, crash_run
 
 calls: list[str] = []
 
@@ -376,3 +377,38 @@ async def test_another_operation_where_a_receive_was_recorded_parks_the_run() ->
     assert "operation 1" in reason
     assert "a receive on topic 'decision'" in reason
     assert "a publish of 'stage'" in reason
+
+
+class _LosesAPost(StoreWrapper):
+    """Fails the first post of a message after recording nothing: as a crash between a
+    send's record and its post."""
+
+    def __init__(self, inner: EventStore) -> None:
+        super().__init__(inner)
+        self.failed = 0
+
+    async def post(self, request: Request) -> int:
+        if request.kind is RequestKind.MESSAGE and not self.failed:
+            self.failed += 1
+            raise StoreError("injected: the post did not reach the store")
+        return await super().post(request)
+
+
+async def test_a_send_whose_post_failed_is_posted_once_after_the_respawn() -> None:
+    """The send is recorded first; its lost post is made again on replay, once."""
+    store = _LosesAPost(MemoryStore())
+    async with Runtime(store) as rt:
+        target = await rt.start(two, run_id="t2")
+        await wait_until(lambda: _has(store, "t2", "ReceiveStarted"))
+        assert await (await rt.start(sender_twice, "t2", run_id="s2")).result() == "sent"
+        assert await target.result() == [{"answer": "yes"}, {"answer": "again"}]
+    assert store.failed == 1
+    assert kinds(await store.events_for("s2")).count("MessageSent") == 2
+    assert await store.pending() == []
+
+
+@workflow(name="messages_test.sender_twice")
+async def sender_twice(target: str) -> str:
+    await aruntime.send(target, {"answer": "yes"})
+    await aruntime.send(target, {"answer": "again"})
+    return "sent"
