@@ -298,7 +298,8 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
         listed = {i.run_id for i in infos}
         infos += [i for i in await waiting_starts(store) if i.run_id not in listed]
     owner = await store.owner_info()
-    parents = await _cli_show.parents_of(store, [i.run_id for i in infos])
+    found = await _cli_show.parents_of(store, [i.run_id for i in infos])
+    parents = {} if found is None else found
     if args.json:
         print(json.dumps([_info_json(i, parents.get(i.run_id)) for i in infos], indent=2))
         return 0
@@ -313,11 +314,13 @@ async def _list(store: EventStore, args: argparse.Namespace) -> int:
             str(i.version),
             _local(i.created_at),
             _local(i.updated_at),
-            parents.get(i.run_id, "-"),
+            parents.get(i.run_id, "-" if found is not None else "?"),
         )
         for i in infos
     ]
     _table(("RUN ID", "WORKFLOW", "STATUS", "EVENTS", "CREATED", "UPDATED", "PARENT"), rows)
+    if found is None:
+        print(f"(parents not looked up for more than {_cli_show.PARENTS_SHOWN} runs: ?)")
     return 0
 
 

@@ -139,8 +139,15 @@ def vocabulary_json(state: RunState, messages: Sequence[Request]) -> dict[str, A
     }
 
 
-async def parents_of(store: EventStore, run_ids: Sequence[str]) -> dict[str, str]:
-    """The parent of each run that has one, from the first event of its log."""
+PARENTS_SHOWN = 2000
+"""`runs list` reads each listed run's log for its parent, up to this many runs."""
+
+
+async def parents_of(store: EventStore, run_ids: Sequence[str]) -> dict[str, str] | None:
+    """The parent of each run that has one, from the first event of its log; None for
+    more than `PARENTS_SHOWN` runs (the index does not hold parents)."""
+    if len(run_ids) > PARENTS_SHOWN:
+        return None
     logs = await asyncio.gather(*(store.events_for(run_id) for run_id in run_ids))
     found = {}
     for run_id, log in zip(run_ids, logs, strict=True):
