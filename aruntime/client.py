@@ -12,6 +12,7 @@ milliseconds while anybody waits, and each waiter reads its run again only after
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from types import TracebackType
@@ -388,9 +389,9 @@ class Client:
         return RunState(run_id=run_id, workflow=start.workflow, args=start.args)
 
     async def _waiting_start(self, run_id: str) -> Request | None:
-        """The start of `run_id` that waits in the inbox, if one does."""
-        starts = [r for r in await self.store.pending(run_id=run_id) if r.kind is RequestKind.START]
-        return starts[0] if starts else None
+        """The start (or fork) of `run_id` that waits in the inbox, if one does."""
+        starts = await self.store.pending(run_id=run_id, kinds=_STARTS, limit=1)
+        return await _with_workflow(self.store, starts[0]) if starts else None
 
     # -- internals ---------------------------------------------------------------------
 
@@ -461,12 +462,27 @@ class Client:
         return any(request.kind is kind for request in pending)
 
 
+_STARTS = (RequestKind.START, RequestKind.FORK)
+"""The requests that make a run: a start, or a fork of another run."""
+
+
+async def _with_workflow(store: EventStore, request: Request) -> Request:
+    """A fork's request with the workflow of the run it copies (a start names its own)."""
+    if request.kind is not RequestKind.FORK or request.origin is None:
+        return request
+    first = (await store.events_for(request.origin))[:1]
+    if not first or not isinstance(first[0], RunStarted):
+        return request
+    return dataclasses.replace(request, workflow=first[0].workflow, args=first[0].args)
+
+
 async def waiting_starts(store: EventStore) -> list[RunInfo]:
     """The starts that wait in the store's inbox for the owning runtime, as index rows of
     runs `PENDING` at version 0, in the order they were asked for (one per run id)."""
     starts: dict[str, RunInfo] = {}
-    for request in await store.pending():
-        if request.kind is RequestKind.START and request.run_id not in starts:
+    for waiting in await store.pending(kinds=_STARTS):
+        if waiting.run_id not in starts:
+            request = await _with_workflow(store, waiting)
             starts[request.run_id] = RunInfo(
                 run_id=request.run_id,
                 workflow=request.workflow or "",

@@ -12,6 +12,7 @@ from aruntime import (
     RunFailedError,
     RunIdConflictError,
     RunNotFoundError,
+    RunStatus,
     Runtime,
     step,
     workflow,
@@ -100,3 +101,22 @@ async def test_fork_is_refused_for_unknown_runs_steps_and_ids() -> None:
             await client.fork("o2", from_step="9")
         with pytest.raises(RunIdConflictError):
             await client.fork("o2", from_step="1", run_id="o2")
+
+
+async def test_a_fork_waiting_for_a_runtime_is_a_pending_run() -> None:
+    """Asked for while no runtime runs, the fork is a PENDING run of the origin's workflow
+    until a runtime opens and finishes it."""
+    store = MemoryStore()
+    async with Runtime(store) as rt:
+        with pytest.raises(RunFailedError):
+            await (await rt.start(pipeline, "o3", run_id="o3")).result()
+    bug["on"] = False
+    async with Client(store) as client:
+        handle = await client.fork("o3", from_step="2", run_id="o3-fix")
+        state = await handle.state()
+        assert state.status is RunStatus.PENDING
+        assert state.workflow == "fork_test.pipeline"
+        listed = {info.run_id: info for info in await client.list()}
+        assert listed["o3-fix"].status is RunStatus.PENDING
+        async with Runtime(store):
+            assert await handle.result(timeout=10) == "O3-DATA"
