@@ -6,8 +6,9 @@ reads at start-up, and folds every event it appends afterwards with the same cod
 
 The fold keeps one state per operation, keyed by the operation's identity (`"3"`,
 `"2.1.4"`, see `aruntime.events.op_identity`): a `StepState` for a step, a `SleepState`
-for a durable sleep. One identity names one operation: a log that records a step and a
-sleep at the same identity is corrupt.
+for a durable sleep, a `ReceiveState` for a receive, a `ChildState` for a child run, and
+the records of sends, publishes and first-of winners. One identity names one operation:
+a log that records two operations at the same identity is corrupt.
 
 The fold is strict. It accepts exactly the logs a correct runner can write and raises
 `CorruptLogError` for anything else: a gap or a duplicate in the sequence, a log that does
