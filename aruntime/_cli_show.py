@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from aruntime.events import (
+    CancelRequested,
     ChildEnded,
     ChildStarted,
     Event,
@@ -21,6 +22,7 @@ from aruntime.events import (
     MessageSent,
     ReceiveStarted,
     ReceiveTimedOut,
+    RunResumed,
     RunStarted,
     ValuePublished,
 )
@@ -119,6 +121,8 @@ def details(event: Event) -> str | None:
         return f"child {event.status}: {_cut(outcome)}"
     if isinstance(event, FirstWon):
         return f"won by awaitable {event.winner}"
+    if isinstance(event, CancelRequested | RunResumed) and event.request:
+        return f"reason {_cut(event.reason)}; applies inbox request {event.request}"
     if isinstance(event, RunStarted) and (event.parent or event.forked_from):
         extra = f"parent {event.parent}" if event.parent else f"fork of {event.forked_from}"
         return f"workflow {event.workflow!r} args {_cut(event.args)}; {extra}"

@@ -70,8 +70,8 @@ class Inbox:
         clock: Clock,
         supervisor: Supervisor,
         find_workflow: Callable[[str], Workflow[..., Any] | None],
-        cancel: Callable[[str, str | None], Awaitable[object]],
-        resume: Callable[[str], Awaitable[None]],
+        cancel: Callable[[str, str | None, int], Awaitable[object]],
+        resume: Callable[[str, int], Awaitable[None]],
     ) -> None:
         self._store = store
         self._clock = clock
@@ -127,9 +127,11 @@ class Inbox:
         elif kind is RequestKind.FORK:
             await self._fork(request)
         elif kind is RequestKind.CANCEL:
-            await self._apply_and_consume(request, self._cancel(request.run_id, request.reason))
+            await self._apply_and_consume(
+                request, self._cancel(request.run_id, request.reason, request.id)
+            )
         else:
-            await self._apply_and_consume(request, self._resume(request.run_id))
+            await self._apply_and_consume(request, self._resume(request.run_id, request.id))
         self.applied += 1
         logger.info("inbox.applied", run_id=request.run_id, kind=kind.value, request=request.id)
 

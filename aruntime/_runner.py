@@ -527,7 +527,7 @@ class Runner:
 
     # -- cancellation ------------------------------------------------------------------
 
-    async def request_cancel(self, reason: str) -> bool:
+    async def request_cancel(self, reason: str, *, request: int = 0) -> bool:
         """Record the run's cancellation and deliver it; False if it came too late.
 
         Raises:
@@ -542,7 +542,12 @@ class Runner:
             try:
                 await self._flush_locked()  # the outcomes folded before it go first
                 await self._append_cancel_request(
-                    CancelRequested(sequence=state.version + 1, at=self._clock.now(), reason=reason)
+                    CancelRequested(
+                        sequence=state.version + 1,
+                        at=self._clock.now(),
+                        reason=reason,
+                        request=request,
+                    )
                 )
             except _Abort as abort:
                 self._stop_root()

@@ -244,6 +244,8 @@ class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sequence: int
     at: float
     reason: str
+    request: int = 0
+    """The inbox request this applies (consumed right after), 0 when not from the inbox."""
 
 
 class OperationCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -269,6 +271,8 @@ class RunResumed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sequence: int
     at: float
     reason: str
+    request: int = 0
+    """The inbox request this applies (consumed right after), 0 when not from the inbox."""
 
 
 class RunCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):

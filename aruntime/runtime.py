@@ -197,8 +197,10 @@ class Runtime:
                 clock=self.clock,
                 supervisor=self._supervisor,
                 find_workflow=self._find_workflow,
-                cancel=lambda run_id, reason: self.cancel(run_id, reason=reason),
-                resume=self.resume,
+                cancel=lambda run_id, reason, request: self.cancel(
+                    run_id, reason=reason, _request=request
+                ),
+                resume=lambda run_id, request: self.resume(run_id, _request=request),
             )
             self._inbox_task = group.create_task(inbox.serve(), name="aruntime inbox")
         except BaseException as exc:
@@ -391,7 +393,7 @@ class Runtime:
         """The store's index of runs."""
         return await self.store.list_runs(status=status, parked=parked)
 
-    async def resume(self, run_id: str) -> None:
+    async def resume(self, run_id: str, *, _request: int = 0) -> None:
         """Clear a parked run's mark and run it again from its log.
 
         Raises:
@@ -402,26 +404,30 @@ class Runtime:
         if info is None:
             raise RunNotFoundError(run_id)
         if info.parked and not info.status.terminal:
-            await self._record_resumed(run_id, info.parked_reason or "")
+            await self._record_resumed(run_id, info.parked_reason or "", _request)
         if info.parked:
             await self.store.unpark(run_id)
         if not info.status.terminal and self._find_workflow(info.workflow) is not None:
             supervisor.spawn(run_id)
 
-    async def _record_resumed(self, run_id: str, reason: str) -> None:
+    async def _record_resumed(self, run_id: str, reason: str, request: int = 0) -> None:
         """Append `RunResumed`: the attempts the park cut short no longer count."""
         while True:
             state = replay(await self.store.events_for(run_id))
             if state.status.terminal:
                 return
-            event = RunResumed(sequence=state.version + 1, at=self.clock.now(), reason=reason)
+            event = RunResumed(
+                sequence=state.version + 1, at=self.clock.now(), reason=reason, request=request
+            )
             try:
                 await self.store.append(run_id, [event], state.version)
             except ConcurrencyError:
                 continue  # the run moved on meanwhile: look again
             return
 
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunStatus:
+    async def cancel(
+        self, run_id: str, *, reason: str | None = None, _request: int = 0
+    ) -> RunStatus:
         """Cancel a run: record the request durably, then deliver it.
 
         A run that this runtime runs gets `asyncio.CancelledError` at the operation it
@@ -446,21 +452,21 @@ class Runtime:
         while True:
             runner = supervisor.runner(run_id)
             if runner is not None:
-                await runner.request_cancel(text)
+                await runner.request_cancel(text, request=_request)
                 return runner.state.status
             lock = supervisor.run_lock(run_id)
             if lock is not None:
                 async with lock:  # the run's task is not reading its log meanwhile
                     if supervisor.runner(run_id) is not None:
                         continue
-                    status = await self._cancel_from_log(supervisor, run_id, text)
+                    status = await self._cancel_from_log(supervisor, run_id, text, _request)
             else:
-                status = await self._cancel_from_log(supervisor, run_id, text)
+                status = await self._cancel_from_log(supervisor, run_id, text, _request)
             if status is not None:
                 return status
 
     async def _cancel_from_log(
-        self, supervisor: Supervisor, run_id: str, text: str
+        self, supervisor: Supervisor, run_id: str, text: str, request: int = 0
     ) -> RunStatus | None:
         while True:
             events = await self.store.events_for(run_id)
@@ -473,7 +479,11 @@ class Runtime:
             now = self.clock.now()
             batch: list[Event] = []
             if state.cancel_reason is None:
-                batch.append(CancelRequested(sequence=state.version + 1, at=now, reason=text))
+                batch.append(
+                    CancelRequested(
+                        sequence=state.version + 1, at=now, reason=text, request=request
+                    )
+                )
             if not supervised:
                 reason_ = state.cancel_reason or text
                 batch.append(

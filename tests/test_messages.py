@@ -23,6 +23,7 @@ from aruntime import (
     workflow,
 )
 from aruntime.errors import StoreError
+from aruntime.events import CancelRequested
 from aruntime.store import EventStore, MemoryStore, Request, RequestKind
 from aruntime.testing import StoreWrapper, crash_run
 
@@ -412,3 +413,17 @@ async def sender_twice(target: str) -> str:
     await aruntime.send(target, {"answer": "yes"})
     await aruntime.send(target, {"answer": "again"})
     return "sent"
+
+
+async def test_a_cancel_from_the_inbox_names_its_request_in_the_log(rt: Runtime) -> None:
+    """The cancellation a client asked for records which inbox request it applies."""
+    async with Client(rt.store) as client:
+        handle = await client.start(two, run_id="named")
+        await wait_until(lambda: _has(rt.store, "named", "ReceiveStarted"))
+        await client.cancel("named", reason="asked")
+        with pytest.raises(aruntime.RunCancelledError):
+            await handle.result(timeout=10)
+    requested = [e for e in await rt.store.events_for("named") if isinstance(e, CancelRequested)]
+    assert len(requested) == 1
+    assert requested[0].request > 0
+    assert await rt.store.pending(run_id="named") == []
