@@ -24,6 +24,11 @@ A `ConcurrencyError` stops the stale runner like any other death: the respawned 
 replays the log as it now is, so a run is never silently dropped; a run that keeps
 conflicting (two runtimes writing one store at once) ends parked with the reason.
 
+On a shared database (PostgreSQL) a run is this process's only while it holds the run's
+lease (`owns`): a run whose lease was lost is stopped and never respawned here, and
+`stop` ends a run's task without recording anything (a run that gives up its lease to
+sleep in the database).
+
 Shutting the runtime down cancels the tasks; cancellation is never recorded, so no run is
 marked failed because its process stopped.
 """
@@ -136,8 +141,11 @@ class Supervisor:
         find_workflow: Callable[[str], Workflow[..., Any] | None],
         budget: RestartBudget,
         on_exit: Callable[[str, RunState | None], None],
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._group = group
+        self._owns = owns
+        """Whether this process may run a run (None: every run of its store is its own)."""
         self._store = store
         self._clock = clock
         self._serializer = serializer
@@ -149,6 +157,7 @@ class Supervisor:
         self._runners: dict[str, Runner] = {}
         self._crashes: dict[str, _Crash] = {}
         self._closing = False
+        self._stopping: set[str] = set()
         self.stats = SupervisorStats()
 
     def supervising(self, run_id: str) -> bool:
@@ -191,6 +200,19 @@ class Supervisor:
         for task in self._tasks.values():
             task.cancel()
 
+    async def stop(self, run_id: str) -> None:
+        """End the run's task here as a shutdown would (nothing is recorded, no respawn)
+        and wait until it has ended; the run goes on wherever its lease goes next."""
+        task = self._tasks.get(run_id)
+        if task is None:
+            return
+        runner = self._runners.get(run_id)
+        if runner is not None:
+            runner.shut_down()
+        self._stopping.add(run_id)
+        task.cancel()
+        await asyncio.wait([task])
+
     async def crash(self, run_id: str) -> tuple[RunState, RunState]:
         """Kill the run's task as a crash would; return (state before, state replayed).
 
@@ -210,12 +232,14 @@ class Supervisor:
         after = await crash.after
         return before, after
 
-    async def _supervise(self, run_id: str, state: RunState | None) -> None:
+    async def _supervise(self, run_id: str, state: RunState | None) -> None:  # noqa: PLR0915 - one loop, every way a run task ends, read top to bottom
         restarts: collections.deque[float] = collections.deque()
         lock = asyncio.Lock()
         death: BaseException | None = None
         try:
             while True:
+                if self._owns is not None and not self._owns(run_id):
+                    return  # another process holds the run now
                 try:
                     if state is None:
                         state = await self._replay(run_id)
@@ -231,7 +255,7 @@ class Supervisor:
                         task.uncancel()  # our own crash injection: respawn
                         reason: BaseException | str = "crash injected by aruntime.testing.crash_run"
                         death = None
-                    elif cancels:
+                    elif cancels or run_id in self._stopping:
                         raise  # the runtime is shutting down: record nothing
                     else:
                         reason = death = exc  # a stray CancelledError from a step body
@@ -242,7 +266,7 @@ class Supervisor:
                     return
                 except _PARK_AT_ONCE as exc:
                     self._runners.pop(run_id, None)  # nothing runs while it parks
-                    if self._closing:
+                    if self._closing or (self._owns is not None and not self._owns(run_id)):
                         return  # the next runtime finds the cause again
                     await self._park(run_id, exc)
                     return
@@ -256,10 +280,13 @@ class Supervisor:
                 lock = asyncio.Lock()
                 if self._closing:
                     return  # died while the runtime closes: it resumes next time
+                if self._owns is not None and not self._owns(run_id):
+                    return  # the lease was lost: the run is another process's now
                 if not await self._may_respawn(run_id, restarts, reason):
                     return
         finally:
             self._tasks.pop(run_id, None)
+            self._stopping.discard(run_id)
             crash = self._crashes.pop(run_id, None)
             if crash is not None and not crash.after.done():
                 crash.after.cancel()
