@@ -8,7 +8,7 @@ Schema (version 1), in a PostgreSQL schema of its own (`aruntime` unless the URL
              updated_at, parked_reason,
              epoch, owner, lease_until, due_at)   the fleet's ownership of the run
     events  (run_id, sequence) PRIMARY KEY, type, at, data, checksum,
-             epoch, writer                        who wrote the row, under which claim
+             epoch, writer, written_at            who wrote the row, under which claim
     inbox   (id bigserial PRIMARY KEY, kind, run_id, at, data, checksum)
     workers (worker_id PRIMARY KEY, pid, host, workflows, seen_at)
     claims  (run_id, epoch) PRIMARY KEY, worker, at    every claim ever made, for audits
@@ -20,7 +20,10 @@ holds the run, `lease_until` when its lease ends on the database's clock (`now()
 that holds no lease (a sleeping one) becomes runnable again. `events` records with every
 row the epoch and worker it was appended under, so that "no write by a worker whose
 lease was taken over" can be checked from the database alone: along a run's log, epochs
-never go down. `claims` keeps the history of who held which epoch.
+never go down, every row's writer is the worker that claimed its epoch, and every row of
+an epoch was written before the next epoch's claim (`written_at` and `claims.at` are
+both `clock_timestamp()`, taken after the row lock that orders the two). `claims` keeps
+the history of who held which epoch.
 
 Every write of the fleet is one statement, so that the check and the write cannot be
 separated: an append updates the run's row only where its version and epoch are what the
@@ -89,6 +92,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             checksum bigint,
             epoch bigint NOT NULL DEFAULT 0,
             writer text,
+            written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             PRIMARY KEY (run_id, sequence)
         )""",
         """CREATE TABLE {s}.inbox (
@@ -111,7 +115,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             run_id text NOT NULL,
             epoch bigint NOT NULL,
             worker text NOT NULL,
-            at timestamptz NOT NULL DEFAULT now(),
+            at timestamptz NOT NULL DEFAULT clock_timestamp(),
             PRIMARY KEY (run_id, epoch)
         )""",
         "CREATE SEQUENCE {s}.changes",
@@ -350,17 +354,30 @@ ORDER BY i.id LIMIT $3"""
         # Claim runnable runs: new or orphaned (no live lease), due (sleeps and retries
         # whose time came, within `lookahead` seconds), or with a cancel or resume waiting
         # in the inbox. SKIP LOCKED: two workers claiming at once take different runs.
+        # A worker takes at most its fair share: the runnable and running runs of its
+        # workflows divided by the live workers, less what it holds, so that a burst of
+        # new runs spreads over the fleet instead of going to whoever looked first.
+        runnable = (
+            "r.status IN ('pending', 'running') AND r.parked_reason IS NULL "
+            "AND r.workflow = ANY($2::text[])"
+        )
         self.claim = f"""
-WITH c AS (
+WITH share AS (
+    SELECT greatest(0, least($3::bigint,
+        ceil((SELECT count(*) FROM {s}.runs r WHERE {runnable}
+                AND (r.due_at IS NULL OR r.due_at <= extract(epoch FROM now()) + $4::float8))
+             / greatest(1, (SELECT count(*) FROM {s}.workers
+                            WHERE seen_at > now() - $5::float8 * interval '1 second'))::numeric
+        )::bigint - (SELECT count(*) FROM {s}.runs WHERE owner = $1))) AS n
+), c AS (
     SELECT r.run_id FROM {s}.runs r
-    WHERE r.status IN ('pending', 'running') AND r.parked_reason IS NULL
-      AND r.workflow = ANY($2::text[])
+    WHERE {runnable}
       AND (r.owner IS NULL OR r.lease_until < now())
       AND (r.due_at IS NULL
            OR r.due_at <= extract(epoch FROM now()) + $4::float8
            OR EXISTS (SELECT 1 FROM {s}.inbox i WHERE i.run_id = r.run_id))
     ORDER BY r.due_at NULLS FIRST, r.id
-    LIMIT $3
+    LIMIT (SELECT n FROM share)
     FOR UPDATE OF r SKIP LOCKED
 ), taken AS (
     UPDATE {s}.runs r SET owner = $1, epoch = r.epoch + 1,

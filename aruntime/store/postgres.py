@@ -20,7 +20,8 @@ epoch moved) commits nothing; its append raises `LeaseLostError` and the store t
 fleet (`on_lost`), which stops the run here at once. An append for a run this worker does
 not hold (epoch 0: a cancel of a run nobody runs, a resume) claims it in the same
 statement, and only if no live lease holds it. A run created by an append is held by its
-creator, if it runs the run's workflow; otherwise it is left claimable.
+creator if it runs the run's workflow, unless the append consumes an inbox request (a
+`Client`'s start): that run is left to the fleet's claims, which share runs out.
 
 Outages
 -------
@@ -923,8 +924,12 @@ class _Writer:
         created: list[_Chain] = []
         for chain in chains.values():
             (created if chain.first.expected == 0 else moved).append(chain)
+        # A run started here is held here, if this worker runs its workflow; one started
+        # from the inbox is left to the fleet's claims, which spread runs over workers.
         owned = [
-            c.status not in _TERMINAL and (workflows is None or c.first.workflow in workflows)
+            c.status not in _TERMINAL
+            and c.consume is None
+            and (workflows is None or c.first.workflow in workflows)
             for c in created
         ]
         changes = bool(created) or any(c.status is not None for c in moved)
