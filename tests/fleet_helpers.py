@@ -66,9 +66,12 @@ class FleetWorker:
         try:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, self.log.read_text()
-                found = await conn.fetchval(
-                    f"SELECT count(*) FROM {schema}.workers WHERE pid = $1", self.pid
-                )
+                try:
+                    found = await conn.fetchval(
+                        f"SELECT count(*) FROM {schema}.workers WHERE pid = $1", self.pid
+                    )
+                except asyncpg.UndefinedTableError:
+                    found = 0  # no worker has created the schema yet
                 if found:
                     return
                 await asyncio.sleep(0.05)

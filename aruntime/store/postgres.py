@@ -296,7 +296,7 @@ class PostgresStore:
         try:
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                min_size=0,  # no refilling in the background while the server is away
                 max_size=self._config.pool_size,
                 timeout=self._config.connect_timeout,
             )
