@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks import _floor, _recovery, _replay, _scale, _sleep, _wakeup, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
-from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
+from benchmarks._aruntime_side import DEFAULT_POSTGRES, AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
@@ -116,7 +116,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", type=Path, help="where database files go (default: a temp dir)"
     )
-    parser.add_argument("--postgres-url", help="the PostgreSQL URL for --store postgres (the peer)")
+    parser.add_argument(
+        "--postgres-url",
+        help="the PostgreSQL database for --store postgres, both systems (default "
+        f"{DEFAULT_POSTGRES})",
+    )
     args = parser.parse_args(argv)
     for name in ("n", "steps", "repeat"):
         value = getattr(args, name)
@@ -136,10 +140,14 @@ class Suite:
     def __init__(self, args: argparse.Namespace, workdir: Path, argv: Sequence[str]) -> None:
         self.args = args
         self.workdir = workdir
-        self.store = StoreSpec(kind=args.store, synchronous=args.synchronous)
+        self.store = StoreSpec(
+            kind=args.store,
+            synchronous=args.synchronous,
+            postgres_url=args.postgres_url or DEFAULT_POSTGRES,
+        )
         self.aruntime = AruntimeSide(self.store, workdir)
         self.peer = (
-            DbosSide(args.store, workdir, database_url=args.postgres_url)
+            DbosSide(args.store, workdir, database_url=args.postgres_url or DEFAULT_POSTGRES)
             if args.compare == "dbos"
             else None
         )
