@@ -52,6 +52,8 @@ __all__ = ["Fleet", "idle_until", "shared_store"]
 
 _CLAIM_BATCH = 200
 """The most runs claimed by one statement."""
+_CLAIM_SPACING = 0.01
+"""Seconds between two claims at least, when runs end in a stream."""
 
 
 def shared_store(store: EventStore) -> PostgresStore | None:
@@ -168,7 +170,12 @@ class Fleet:
             if room > 0 and len(claimed) == room:
                 await asyncio.sleep(0)  # there may be more: claim again at once
                 continue
-            await store.wait_runnable(config.poll_interval)
+            # Claimed less than there was room for: nothing more is runnable, or this
+            # worker holds its fair share. Look again when something becomes runnable,
+            # when a run ends here (the share has room), or after a poll interval; at most
+            # every few milliseconds, so that a stream of ends costs few claims.
+            await store.wait_runnable(config.poll_interval, room=True)
+            await asyncio.sleep(_CLAIM_SPACING)
 
     async def _heartbeat_loop(self) -> None:
         store, config = self._store, self._config

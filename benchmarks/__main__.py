@@ -12,6 +12,9 @@ Examples (from the repository root)::
     python -m benchmarks replay
     python -m benchmarks floor --store sqlite             # what one durable append costs
     python -m benchmarks all --store sqlite --json
+    python -m benchmarks throughput --store postgres --compare dbos
+    python -m benchmarks fleet --workers 1,2,4 --chart fleet.png   # worker processes
+    python -m benchmarks takeover                          # SIGKILL a worker: takeover time
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
 `--compare dbos` the repeats alternate between the systems (aruntime first on even
@@ -695,6 +698,10 @@ class Suite:
 def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
     """Run the suite; `configure=False` leaves structlog alone (tests configure it)."""
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] in (["fleet"], ["takeover"]):  # worker processes on PostgreSQL
+        from benchmarks import _fleet  # noqa: PLC0415 - needs asyncpg
+
+        return _fleet.main(raw)
     args = parse_args(raw)
     if configure:
         configure_logging(args.log_file, args.logging)

@@ -355,7 +355,8 @@ ORDER BY i.id LIMIT $3"""
         # whose time came, within `lookahead` seconds), or with a cancel or resume waiting
         # in the inbox. SKIP LOCKED: two workers claiming at once take different runs.
         # A worker takes at most its fair share: the runnable and running runs of its
-        # workflows divided by the live workers, less what it holds, so that a burst of
+        # workflows divided by the live workers that run any of them, less what it holds,
+        # so that a burst of
         # new runs spreads over the fleet instead of going to whoever looked first.
         runnable = (
             "r.status IN ('pending', 'running') AND r.parked_reason IS NULL "
@@ -367,7 +368,8 @@ WITH share AS (
         ceil((SELECT count(*) FROM {s}.runs r WHERE {runnable}
                 AND (r.due_at IS NULL OR r.due_at <= extract(epoch FROM now()) + $4::float8))
              / greatest(1, (SELECT count(*) FROM {s}.workers
-                            WHERE seen_at > now() - $5::float8 * interval '1 second'))::numeric
+                            WHERE seen_at > now() - $5::float8 * interval '1 second'
+                              AND workflows && $2::text[]))::numeric
         )::bigint - (SELECT count(*) FROM {s}.runs WHERE owner = $1))) AS n
 ), c AS (
     SELECT r.run_id FROM {s}.runs r

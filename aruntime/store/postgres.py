@@ -103,11 +103,11 @@ class PostgresConfig:
     owner: bool = True
     """A worker's store (appends, claims, consumes requests); False: a client's store,
     which reads, posts requests and removes ended runs."""
-    lease: float = 10.0
+    lease: float = 5.0
     """Seconds a claim lasts on the database's clock unless renewed. A worker that stops
     renewing (killed, frozen, cut off) loses its runs to the fleet this long after its
     last renewal."""
-    heartbeat: float = 2.0
+    heartbeat: float = 1.0
     """Seconds between two renewals of all of a worker's leases (one statement)."""
     poll_interval: float = 0.5
     """Seconds between two looks for runnable runs and changes when no notification came
@@ -194,6 +194,8 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
         self._signal = ChangeSignal()
         self._runnable = asyncio.Event()
+        self._room = asyncio.Event()
+        """Set when a run this worker held ended: a claim limited by its share may take more."""
         self._epochs: dict[str, int] = {}
         """The fencing epoch of every run this worker holds."""
         self._workflows: frozenset[str] | None = None
@@ -696,10 +698,18 @@ class PostgresStore:
         )
         return due
 
-    async def wait_runnable(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the method's purpose
-        """Wait until a notification says runs may be claimable, or `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._runnable.wait(), timeout)
+    async def wait_runnable(self, timeout: float, *, room: bool = False) -> None:  # noqa: ASYNC109 - a bounded wait is the method's purpose
+        """Wait until a notification says runs may be claimable (or, with `room`, a run
+        held here ended), or `timeout` seconds."""
+        waits = [asyncio.ensure_future(self._runnable.wait())]
+        if room:
+            self._room.clear()
+            waits.append(asyncio.ensure_future(self._room.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         self._runnable.clear()
 
     def _lost(self, run_id: str) -> None:
@@ -865,8 +875,8 @@ class _Writer:
             chain = chains[run_id]
             if row["held"]:
                 epochs[run_id] = row["epoch"]
-            else:
-                epochs.pop(run_id, None)
+            elif epochs.pop(run_id, None) is not None:
+                store._room.set()  # a run ended here: there is room to claim another
             appends += len(chain.jobs)
             events += len(chain.rows)
             for job in chain.jobs:
