@@ -99,6 +99,7 @@ class Fleet:
         self._clock = clock
         self._config = store.config
         self._stops: set[asyncio.Task[None]] = set()
+        self._claims: asyncio.Task[None] | None = None
         self.claimed = 0
         """Runs claimed since the runtime opened."""
         self.lost = 0
@@ -115,18 +116,24 @@ class Fleet:
         self._store.on_lost = self._lost
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._claim_loop(), name="aruntime fleet claims")
+                self._claims = group.create_task(self._claim_loop(), name="aruntime fleet claims")
                 group.create_task(self._heartbeat_loop(), name="aruntime fleet heartbeat")
         finally:
             self._store.on_lost = None
 
+    def stop_claiming(self) -> None:
+        """Claim no more runs (the runtime is closing); the heartbeat goes on renewing the
+        leases of the runs that finish their steps meanwhile."""
+        if self._claims is not None:
+            self._claims.cancel()
+
     async def release_all(self) -> None:
-        """Give up every lease at once (the runtime's tasks have ended)."""
-        held = self._store.held()
-        if held:
-            with contextlib.suppress(Exception):  # the leases run out anyway
-                await self._store.release([(run_id, None) for run_id in held])
-            logger.info("fleet.released", runs=len(held))
+        """Give up every lease at once (the runtime's tasks have ended): every run the
+        database says this worker holds, also one whose claim was cut short before the
+        worker learnt of it."""
+        with contextlib.suppress(Exception):  # the leases run out anyway
+            released = await self._store.release_all()
+            logger.info("fleet.released", runs=released)
 
     def _lost(self, run_id: str) -> None:
         """The store says another worker took the run over: stop it here, now."""

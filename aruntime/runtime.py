@@ -292,6 +292,8 @@ class Runtime:
         supervisor = self._require_supervisor()
         if self._inbox_task is not None:
             self._inbox_task.cancel()
+        if self._fleet is not None:
+            self._fleet.stop_claiming()
         supervisor.drain()
         clock = self.clock
         deadline = clock.monotonic() + grace

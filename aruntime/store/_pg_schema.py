@@ -412,6 +412,10 @@ WITH let AS (
 UPDATE {s}.runs r SET owner = NULL, lease_until = NULL, due_at = l.due_at
 FROM let l WHERE r.run_id = l.run_id AND r.epoch = l.epoch AND r.owner = $1
 RETURNING r.run_id"""
+        self.release_all = (
+            f"UPDATE {s}.runs SET owner = NULL, lease_until = NULL WHERE owner = $1 "
+            "RETURNING run_id"
+        )
         self.next_due = (
             f"SELECT min(due_at) - extract(epoch FROM now()) FROM {s}.runs "
             "WHERE status IN ('pending', 'running') AND parked_reason IS NULL "

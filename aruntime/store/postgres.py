@@ -700,6 +700,21 @@ class PostgresStore:
 
         await self._read(None, release)
 
+    async def release_all(self) -> int:
+        """Let go of every run the database says this worker holds, claimable at once;
+        how many. Also those whose claim committed while its answer was lost."""
+        self._epochs.clear()
+
+        async def release(conn: Any) -> int:
+            async with conn.transaction():
+                rows = await conn.fetch(self._sql.release_all, self.worker_id)
+                if rows:
+                    await self._notify(conn, "r")
+                return len(rows)
+
+        released: int = await self._read(None, release)
+        return released
+
     async def next_due(self) -> float | None:
         """Seconds until the next unheld run of this worker's workflows is due."""
         workflows = sorted(self._workflows or ())
