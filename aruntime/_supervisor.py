@@ -24,6 +24,11 @@ A `ConcurrencyError` stops the stale runner like any other death: the respawned 
 replays the log as it now is, so a run is never silently dropped; a run that keeps
 conflicting (two runtimes writing one store at once) ends parked with the reason.
 
+On a shared database (PostgreSQL) a run is this process's only while it holds the run's
+lease (`owns`): a run whose lease was lost is stopped and never respawned here, and
+`stop` ends a run's task without recording anything (a run that gives up its lease to
+sleep in the database).
+
 Shutting the runtime down cancels the tasks; cancellation is never recorded, so no run is
 marked failed because its process stopped.
 """
@@ -136,8 +141,11 @@ class Supervisor:
         find_workflow: Callable[[str], Workflow[..., Any] | None],
         budget: RestartBudget,
         on_exit: Callable[[str, RunState | None], None],
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._group = group
+        self._owns = owns
+        """Whether this process may run a run (None: every run of its store is its own)."""
         self._store = store
         self._clock = clock
         self._serializer = serializer
@@ -152,6 +160,7 @@ class Supervisor:
         self._moved: set[str] = set()
         self._closing = False
         self._flusher = Flusher()
+        self._stopping: set[str] = set()
         self.stats = SupervisorStats()
 
     def supervising(self, run_id: str) -> bool:
@@ -215,6 +224,19 @@ class Supervisor:
         """Whether a step body of some run is running now."""
         return any(runner.busy for runner in self._runners.values())
 
+    async def stop(self, run_id: str) -> None:
+        """End the run's task here as a shutdown would (nothing is recorded, no respawn)
+        and wait until it has ended; the run goes on wherever its lease goes next."""
+        task = self._tasks.get(run_id)
+        if task is None:
+            return
+        runner = self._runners.get(run_id)
+        if runner is not None:
+            runner.shut_down()
+        self._stopping.add(run_id)
+        task.cancel()
+        await asyncio.wait([task])
+
     async def crash(self, run_id: str) -> tuple[RunState, RunState]:
         """Kill the run's task as a crash would; return (state before, state replayed).
 
@@ -240,6 +262,8 @@ class Supervisor:
         death: BaseException | None = None
         try:
             while True:
+                if self._owns is not None and not self._owns(run_id):
+                    return  # another process holds the run now
                 try:
                     async with lock:
                         if state is None or run_id in self._moved:
@@ -258,7 +282,7 @@ class Supervisor:
                     return
                 except _PARK_AT_ONCE as exc:
                     self._runners.pop(run_id, None)  # nothing runs while it parks
-                    if self._closing:
+                    if self._closing or (self._owns is not None and not self._owns(run_id)):
                         return  # the next runtime finds the cause again
                     await self._park(run_id, exc)
                     return
@@ -272,12 +296,15 @@ class Supervisor:
                 lock = self._locks[run_id] = asyncio.Lock()
                 if self._closing:
                     return  # died while the runtime closes: it resumes next time
+                if self._owns is not None and not self._owns(run_id):
+                    return  # the lease was lost: the run is another process's now
                 if not await self._may_respawn(run_id, restarts, reason):
                     return
         finally:
             self._tasks.pop(run_id, None)
             self._locks.pop(run_id, None)
             self._moved.discard(run_id)
+            self._stopping.discard(run_id)
             crash = self._crashes.pop(run_id, None)
             if crash is not None and not crash.after.done():
                 crash.after.cancel()
@@ -295,8 +322,8 @@ class Supervisor:
         if cancels == 1 and run_id in self._crashes:
             task.uncancel()  # our own crash injection: respawn
             return "crash injected by aruntime.testing.crash_run", None
-        if cancels and self._closing:
-            raise exc  # the runtime is shutting down: record nothing
+        if (cancels and self._closing) or run_id in self._stopping:
+            raise exc  # the runtime is shutting down, or the run stops here: record nothing
         for _ in range(cancels):
             task.uncancel()  # nobody meant the run: a body cancelled its own task
         return exc, exc  # a stray CancelledError from a step body

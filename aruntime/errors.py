@@ -20,6 +20,7 @@ The whole tree::
     ├── UntrackedTaskError          an operation called from a task aruntime did not create
     ├── CorruptLogError             a log that no valid run can produce
     ├── ConcurrencyError            a stale writer: the expected sequence is not the last one
+    │   └── LeaseLostError          a fleet worker's claim on the run was taken over (fenced)
     └── StoreError                  the store could not do what was asked
         ├── StoreLockedError        another process holds the database or the run
         ├── StoreReadOnlyError      the database cannot be written
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "CorruptLogError",
     "InvalidRunIdError",
+    "LeaseLostError",
     "NonDeterminismError",
     "NonRetryableError",
     "RetryAfter",
@@ -57,6 +59,7 @@ __all__ = [
     "SerializationError",
     "StepFailedError",
     "StepTimeout",
+    "StoreConnectionError",
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
@@ -305,6 +308,27 @@ class ConcurrencyError(AruntimeError):
         )
 
 
+class LeaseLostError(ConcurrencyError):
+    """A fleet worker's append to a run whose claim another worker took over.
+
+    Every claim of a run on PostgreSQL bumps the run's fencing epoch, and every append
+    carries the epoch its worker holds; the append of a worker whose epoch moved commits
+    nothing and raises this. The worker stops the run at once: another one runs it now.
+    """
+
+    def __init__(self, run_id: str, held: int, current: int) -> None:
+        self.held_epoch = held
+        self.current_epoch = current
+        AruntimeError.__init__(
+            self,
+            f"run {run_id!r}: this worker's claim (epoch {held}) was taken over by another "
+            f"worker (epoch {current}); nothing was appended and this worker stops the run",
+        )
+        self.run_id = run_id
+        self.expected = -1
+        self.actual = -1
+
+
 class StoreError(AruntimeError):
     """The store could not do what was asked; what was durable stays durable."""
 
@@ -339,6 +363,14 @@ class StoreNotOwnerError(StoreError):
     A `Client` (a store opened with `owner=False`) reads runs and posts requests to the
     inbox; appending to logs, parking and applying requests belong to the `Runtime` that
     owns the store.
+    """
+
+
+class StoreConnectionError(StoreError):
+    """The database server cannot be reached, or the connection broke during a request.
+
+    An append that fails with it may or may not have been committed: the runner that made
+    it dies and its successor reads the log to learn which.
     """
 
 

@@ -19,6 +19,7 @@ from aruntime._definitions import (
     lookup_workflow,
     registered_workflows,
 )
+from aruntime._fleet import Fleet, shared_store
 from aruntime._inbox import Inbox
 from aruntime._log import logger
 from aruntime._runner import check_same_start, convert_result, encode_start_args
@@ -30,6 +31,7 @@ from aruntime.errors import (
     ConfigError,
     CorruptLogError,
     InvalidRunIdError,
+    LeaseLostError,
     RunCancelledError,
     RunFailedError,
     RunNotFoundError,
@@ -47,7 +49,15 @@ from aruntime.events import (
 )
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
-from aruntime.store import EventStore, MemoryStore, OwnerInfo, RequestKind, RunInfo, open_store
+from aruntime.store import (
+    EventStore,
+    MemoryStore,
+    OwnerInfo,
+    Request,
+    RequestKind,
+    RunInfo,
+    open_store,
+)
 
 __all__ = ["MAX_RUN_ID_LENGTH", "RunHandle", "Runtime", "RuntimeConfig"]
 
@@ -110,8 +120,10 @@ class Runtime:
     next time) and closes the store if it opened it from a URL. A run of a workflow it
     does not know is left alone, for a runtime that knows it: never parked, never failed.
 
-    A runtime owns its store: one at a time per SQLite file. Other processes (a web
-    server, an admin script) use `aruntime.Client` beside it.
+    A runtime owns its store: one at a time per SQLite file. On PostgreSQL any number of
+    runtimes (workers) share one database, each running the runs whose lease it holds
+    (see `aruntime._fleet`). Other processes (a web server, an admin script) use
+    `aruntime.Client` beside it.
 
     Args:
         store: a store object, a URL (`memory://`, `sqlite:///path.db`), or None for a
@@ -159,6 +171,8 @@ class Runtime:
         self._waiters: dict[str, list[asyncio.Future[RunState | None]]] = {}
         self._closed = False
         self._inbox_task: asyncio.Task[None] | None = None
+        self._fleet: Fleet | None = None
+        self._fleet_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -176,6 +190,7 @@ class Runtime:
         group = asyncio.TaskGroup()
         await group.__aenter__()
         self._group = group
+        shared = shared_store(self.store)  # PostgreSQL: runs are owned by lease
         self._supervisor = Supervisor(
             group=group,
             store=self.store,
@@ -185,12 +200,20 @@ class Runtime:
             find_workflow=self._find_workflow,
             budget=self.config.restart_budget,
             on_exit=self._run_exited,
+            owns=None if shared is None else shared.holds,
+        )
+        fleet = self._fleet = (
+            None if shared is None else Fleet(shared, self._supervisor, self.clock)
         )
         try:
             await self.store.set_owner_info(
                 OwnerInfo(pid=os.getpid(), workflows=tuple(sorted(self._known_workflows())))
             )
-            if self.config.resume_on_start:
+            if fleet is not None:  # the fleet claims what is runnable, now and later
+                if self.config.resume_on_start:
+                    await fleet.claim_now()
+                self._fleet_task = group.create_task(fleet.serve(), name="aruntime fleet")
+            elif self.config.resume_on_start:
                 await self._resume_unfinished()
             inbox = Inbox(
                 store=self.store,
@@ -222,6 +245,8 @@ class Runtime:
         self._supervisor.cancel_all()
         if self._inbox_task is not None:
             self._inbox_task.cancel()
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
         try:
             if exc is None or isinstance(exc, asyncio.CancelledError):
                 await group.__aexit__(exc_type, exc, tb)
@@ -235,6 +260,8 @@ class Runtime:
                     if not waiter.done():
                         waiter.cancel()
             self._waiters.clear()
+            if self._fleet is not None:
+                await self._fleet.release_all()  # the others take over at once
             with contextlib.suppress(Exception):  # best effort: readers check the pid too
                 await self.store.set_owner_info(None)
             if self._owns_store:
@@ -268,6 +295,8 @@ class Runtime:
         supervisor = self._require_supervisor()
         if self._inbox_task is not None:
             self._inbox_task.cancel()
+        if self._fleet is not None:
+            self._fleet.stop_claiming()
         supervisor.drain()
         clock = self.clock
         deadline = clock.monotonic() + grace
@@ -421,6 +450,8 @@ class Runtime:
             )
             try:
                 await self.store.append(run_id, [event], state.version)
+            except LeaseLostError:
+                return  # another worker of the fleet runs it: it is not parked
             except ConcurrencyError:
                 continue  # the run moved on meanwhile: look again
             return
@@ -491,6 +522,12 @@ class Runtime:
                 )
             try:
                 await self.store.append(run_id, batch, state.version)
+            except LeaseLostError:
+                # Another worker of the fleet runs it: its inbox takes the request there.
+                await self.store.post(
+                    Request(kind=RequestKind.CANCEL, run_id=run_id, at=now, reason=text)
+                )
+                return RunStatus.RUNNING
             except ConcurrencyError:
                 continue  # the run moved on meanwhile: look again
             logger.info("run.cancel_requested", run_id=run_id, reason=text)
@@ -541,9 +578,11 @@ class Runtime:
             waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(run_id, []).append(waiter)
             return await waiter
+        if seen is None and self._fleet is not None:  # another worker may run it
+            seen = self.store.change_counter()
         if seen is None:
             await self.clock.sleep(self.config.result_poll_interval)
-        else:
+        else:  # the store's change (the run's end, in another process too) wakes it
             await self.store.wait_changed(seen, self.config.result_poll_interval)
         return None
 

@@ -12,6 +12,9 @@ Examples (from the repository root)::
     python -m benchmarks replay
     python -m benchmarks floor --store sqlite             # what one durable append costs
     python -m benchmarks all --store sqlite --json
+    python -m benchmarks throughput --store postgres --compare dbos
+    python -m benchmarks fleet --workers 1,2,4 --chart fleet.png   # worker processes
+    python -m benchmarks takeover                          # SIGKILL a worker: takeover time
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
 `--compare dbos` the repeats alternate between the systems (aruntime first on even
@@ -36,7 +39,7 @@ from typing import Any
 
 from benchmarks import _floor, _message, _recovery, _replay, _scale, _sleep, _wakeup, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
-from benchmarks._aruntime_side import AruntimeSide, LoopResult, StoreSpec
+from benchmarks._aruntime_side import DEFAULT_POSTGRES, AruntimeSide, LoopResult, StoreSpec
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
@@ -117,7 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", type=Path, help="where database files go (default: a temp dir)"
     )
-    parser.add_argument("--postgres-url", help="the PostgreSQL URL for --store postgres (the peer)")
+    parser.add_argument(
+        "--postgres-url",
+        help="the PostgreSQL database for --store postgres, both systems (default "
+        f"{DEFAULT_POSTGRES})",
+    )
     args = parser.parse_args(argv)
     for name in ("n", "steps", "repeat"):
         value = getattr(args, name)
@@ -137,10 +144,14 @@ class Suite:
     def __init__(self, args: argparse.Namespace, workdir: Path, argv: Sequence[str]) -> None:
         self.args = args
         self.workdir = workdir
-        self.store = StoreSpec(kind=args.store, synchronous=args.synchronous)
+        self.store = StoreSpec(
+            kind=args.store,
+            synchronous=args.synchronous,
+            postgres_url=args.postgres_url or DEFAULT_POSTGRES,
+        )
         self.aruntime = AruntimeSide(self.store, workdir)
         self.peer = (
-            DbosSide(args.store, workdir, database_url=args.postgres_url)
+            DbosSide(args.store, workdir, database_url=args.postgres_url or DEFAULT_POSTGRES)
             if args.compare == "dbos"
             else None
         )
@@ -716,6 +727,10 @@ class Suite:
 def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
     """Run the suite; `configure=False` leaves structlog alone (tests configure it)."""
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] in (["fleet"], ["takeover"]):  # worker processes on PostgreSQL
+        from benchmarks import _fleet  # noqa: PLC0415 - needs asyncpg
+
+        return _fleet.main(raw)
     args = parse_args(raw)
     if configure:
         configure_logging(args.log_file, args.logging)

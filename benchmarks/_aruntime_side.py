@@ -8,8 +8,10 @@ with the same code as for every other system.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,18 @@ from aruntime.store import open_store
 from benchmarks._harness import Progress, rss_bytes
 from benchmarks.workloads import Probe, Workload, run_id
 
-__all__ = ["AruntimeSide", "LoopResult", "ScaleResult", "StoreSpec", "build_workflow"]
+__all__ = [
+    "DEFAULT_POSTGRES",
+    "AruntimeSide",
+    "LoopResult",
+    "ScaleResult",
+    "StoreSpec",
+    "build_workflow",
+    "discard",
+]
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+"""The database `--store postgres` uses unless `--postgres-url` names another."""
 
 NAME = "aruntime"
 
@@ -31,13 +44,18 @@ class StoreSpec:
     """Which store a measurement runs on."""
 
     kind: str
-    """"memory" or "sqlite"."""
+    """"memory", "sqlite" or "postgres"."""
     synchronous: str = "FULL"
     """SQLite only: FULL or NORMAL."""
+    postgres_url: str = DEFAULT_POSTGRES
+    """PostgreSQL only: the database; each measurement gets a fresh schema in it."""
 
     def url(self, directory: Path, name: str = "bench.db") -> str:
         if self.kind == "memory":
             return "memory://"
+        if self.kind == "postgres":
+            separator = "&" if "?" in self.postgres_url else "?"
+            return f"{self.postgres_url}{separator}schema=bench_{uuid.uuid4().hex[:12]}"
         return f"sqlite:///{directory / name}?synchronous={self.synchronous}"
 
     def open(self, directory: Path, name: str = "bench.db") -> EventStore:
@@ -49,7 +67,25 @@ class StoreSpec:
     def describe(self) -> dict[str, Any]:
         if self.kind == "memory":
             return {"store": "memory"}
+        if self.kind == "postgres":
+            return {"store": "postgres", "synchronous_commit": "on (the server's default)"}
         return {"store": self.kind, "synchronous": self.synchronous, "journal_mode": "wal"}
+
+
+async def discard(store: EventStore) -> None:
+    """Remove what a measurement left in a shared database (a PostgreSQL schema)."""
+    schema = getattr(store, "schema", None)
+    dsn = getattr(store, "_dsn", None)
+    if schema is None or dsn is None:
+        return
+    import asyncpg  # noqa: PLC0415 - only with the PostgreSQL store
+
+    with contextlib.suppress(Exception):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
 
 
 def unavailable(spec: StoreSpec) -> str | None:
@@ -62,7 +98,31 @@ def unavailable(spec: StoreSpec) -> str | None:
         except ImportError:
             return "skipped: aruntime's SQLite store is not available in this checkout"
         return None
+    if spec.kind == "postgres":
+        return _postgres_unavailable(spec.postgres_url)
     return f"skipped: aruntime has no {spec.kind} store yet"
+
+
+def _postgres_unavailable(url: str) -> str | None:
+    try:
+        import asyncpg  # noqa: PLC0415 - only to see whether it exists
+    except ImportError:
+        return "skipped: asyncpg is not installed (pip install 'aruntime[postgres]')"
+
+    async def answers() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    import concurrent.futures  # noqa: PLC0415
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        if not pool.submit(asyncio.run, answers()).result():
+            return f"skipped: no PostgreSQL server answers at {url} (--postgres-url)"
+    return None
 
 
 @dataclass(slots=True)
@@ -273,6 +333,7 @@ class AruntimeSide:
                 events = await _events_written(store)
         finally:
             await store.aclose()
+            await discard(store)
             probe.close()
         return LoopResult(
             elapsed=elapsed,
@@ -336,6 +397,7 @@ class AruntimeSide:
                 # Leaving cancels the run tasks; nothing is recorded for them.
         finally:
             await store.aclose()
+            await discard(store)
             probe.close()
         return ScaleResult(
             runs=workload.runs,

@@ -22,10 +22,13 @@ before launch and refuses to register twice).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import importlib
 import logging
+import os
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,7 @@ class DbosSide:
         self.database_url = database_url
         self._dbos = _import_dbos()
         self._counter = 0
+        self._databases: list[str] = []
         self._log_handlers: list[logging.Handler] = []
 
     def version(self) -> str:
@@ -148,7 +152,14 @@ class DbosSide:
             directory.mkdir(parents=True, exist_ok=True)
             return f"sqlite:///{directory / 'dbos.sqlite'}"
         assert self.database_url is not None
-        return self.database_url
+        # A fresh database for every launch, as SQLite gets a fresh file: DBOS would
+        # otherwise find the runs of the warm-up (same workflow ids) and return them.
+        self._counter += 1
+        name = f"dbos_bench_{os.getpid()}_{self._counter}"
+        parts = urllib.parse.urlsplit(self.database_url)
+        _admin(self.database_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+        self._databases.append(name)
+        return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
     def _launch(self, workload: Workload) -> Any:
         dbos = self._dbos
@@ -175,6 +186,10 @@ class DbosSide:
     def _destroy(self) -> None:
         self._dbos.DBOS.destroy(destroy_registry=False)
         _Current.probe = None
+        if self.database_url is not None:
+            while self._databases:
+                name = self._databases.pop()
+                _admin(self.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     async def _start(self, dbos_cls: Any, wf: Any, run: int) -> Any:
         with self._dbos.SetWorkflowID(run_id(run)):
@@ -269,3 +284,21 @@ class DbosSide:
             traced_bytes=traced,
             traced_peak_bytes=peak,
         )
+
+
+def _admin(url: str, *statements: str) -> None:
+    """Run statements outside a transaction on the server of `url` (a thread of its own,
+    so that it works from inside the running event loop)."""
+
+    async def run() -> None:
+        import asyncpg  # noqa: PLC0415 - only for DBOS on PostgreSQL
+
+        conn = await asyncpg.connect(url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pg_helpers import drop_created_schemas, new_schema, pg_url, require_postgres
 
 from aruntime.store import EventStore, MemoryStore
 
@@ -18,11 +19,27 @@ def _sqlite(tmp_path: Path) -> EventStore:
     return SqliteStore(tmp_path / "runs.db")
 
 
+def _postgres(_: Path) -> EventStore:
+    """A store in a schema of its own on the test server (skips without one, but in CI)."""
+    require_postgres()
+    from aruntime.store.postgres import PostgresStore
+
+    return PostgresStore.from_url(pg_url(new_schema()))
+
+
 STORES: dict[str, Callable[[Path], EventStore]] = {
     "memory": lambda _: MemoryStore(),
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 """Every store backend by fixture id; the contract suite runs on each."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    """Drop the PostgreSQL schemas the tests made."""
+    yield
+    drop_created_schemas()
 
 
 @pytest.fixture(params=sorted(STORES))

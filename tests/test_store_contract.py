@@ -1,4 +1,5 @@
-"""The store contract: every backend keeps these promises (run with `-k memory`, `-k sqlite`)."""
+"""The store contract: every backend keeps these promises (run with `-k memory`, `-k sqlite`,
+`-k postgres`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 
 import msgspec
 import pytest
+from pg_helpers import PG_URL, run_aside
 from sqlite_helpers import raw
 
 from aruntime.errors import (
@@ -30,6 +32,7 @@ from aruntime.events import (
 )
 from aruntime.state import RunStatus
 from aruntime.store import EventStore, MemoryStore, OwnerInfo, Request, RequestKind
+from aruntime.store.postgres import PostgresStore
 from aruntime.store.sqlite import SqliteStore
 
 
@@ -91,8 +94,30 @@ def change_behind_the_stores_back(
                 (old, new, run_id, sequence),
             )
             assert changed.rowcount == 1
+    elif isinstance(store, PostgresStore):
+        run_aside(_damage_postgres(store, run_id, sequence, old, new))
     else:
         raise AssertionError(f"no way to damage a {type(store).__name__}")
+
+
+async def _damage_postgres(
+    store: PostgresStore, run_id: str, sequence: int, old: str, new: str
+) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        changed = await conn.execute(
+            f"UPDATE {store.schema}.events SET data = replace(data, $1, $2) "
+            "WHERE run_id = $3 AND sequence = $4",
+            old,
+            new,
+            run_id,
+            sequence,
+        )
+        assert changed == "UPDATE 1"
+    finally:
+        await conn.close()
 
 
 async def new_run(store: EventStore, run_id: str, steps: int = 0, at: float = 1.0) -> None:

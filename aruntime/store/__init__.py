@@ -1,7 +1,8 @@
 """Where run logs live: the store protocol and its backends.
 
-`open_store` turns a URL into a store: `memory://`, or `sqlite:///path/runs.db` (the
-embedded default). Backends import their drivers only when used.
+`open_store` turns a URL into a store: `memory://`, `sqlite:///path/runs.db` (the
+embedded default), or `postgresql://user@host/database` (a fleet of workers sharing one
+database). Backends import their drivers only when used.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = [
     "open_store",
 ]
 
-_SCHEMES = "memory:// and sqlite:///path.db"
+_SCHEMES = "memory://, sqlite:///path.db and postgresql://user@host/database"
 """The store URLs that exist, for the errors that name them."""
 
 
@@ -64,6 +65,15 @@ def open_store(url: str, *, owner: bool = True) -> EventStore:
         from aruntime.store.sqlite import SqliteStore  # noqa: PLC0415 - driver loaded on use
 
         return SqliteStore.from_url(url, owner=owner)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from aruntime.store.postgres import PostgresStore  # noqa: PLC0415 - driver loaded on use
+        except ImportError as exc:
+            raise ConfigError(
+                f"the PostgreSQL store needs asyncpg ({exc}); install it with "
+                "pip install 'aruntime[postgres]'"
+            ) from None
+        return PostgresStore.from_url(url, owner=owner)
     raise ConfigError(f"no store for the scheme {scheme!r} of {url!r}; the stores are {_SCHEMES}")
 
 
