@@ -5,9 +5,12 @@
 The modules are imported (the current directory first on the path, as `python -m` does),
 and the worker opens `Runtime(db, workflows=<what they registered>)`: it resumes their
 unfinished runs, applies the inbox, and leaves the runs of other workflows for a runtime
-that knows them. On SIGTERM or SIGINT it stops taking requests, lets the step bodies in
-flight at that moment finish for up to `--grace` seconds, then closes: whatever is still
-in flight is left to recovery (the next runtime runs it again, at least once).
+that knows them. On PostgreSQL any number of workers share the database, each claiming
+runs under a lease (see `aruntime._fleet`). On SIGTERM or SIGINT it stops taking
+requests, lets the step bodies in flight at that moment finish for up to `--grace`
+seconds, then closes: whatever is still in flight is left to recovery (the next runtime
+runs it again, at least once); on PostgreSQL it releases its leases, so the other workers
+take its runs over at once.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
         help="run the workflows that some modules register, until SIGTERM or SIGINT",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    worker.add_argument("--db", required=True, metavar="URL", help="the store: sqlite:///path.db")
+    worker.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="the store: sqlite:///path.db, or postgresql://user@host/db for a fleet of workers",
+    )
     worker.add_argument(
         "--import",
         dest="modules",
