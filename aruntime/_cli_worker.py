@@ -5,10 +5,13 @@
 The modules are imported (the current directory first on the path, as `python -m` does),
 and the worker opens `Runtime(db, workflows=<what they registered>)`: it resumes their
 unfinished runs, applies the inbox, and leaves the runs of other workflows for a runtime
-that knows them. On SIGTERM or SIGINT it closes with `Runtime.aclose(grace=...)`: it stops
-taking requests and starting operations, lets the step bodies in flight finish for up to
-`--grace` seconds with their outcomes recorded, then stops; whatever is still in flight is
-left to recovery (the next runtime runs it again, at least once).
+that knows them. On PostgreSQL any number of workers share the database, each claiming
+runs under a lease (see `aruntime._fleet`). On SIGTERM or SIGINT it closes with
+`Runtime.aclose(grace=...)`: it stops taking requests and starting operations, lets the
+step bodies in flight finish for up to `--grace` seconds with their outcomes recorded, then
+stops; whatever is still in flight is left to recovery (the next runtime runs it again, at
+least once); on PostgreSQL it releases its leases, so the other workers take its runs over
+at once.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument(
         "--db",
         metavar="URL",
-        help="the store: a path or sqlite:///path.db (default: $ARUNTIME_DB)",
+        help="the store: a path, sqlite:///path.db, or postgresql://user@host/db for a fleet "
+        "of workers (default: $ARUNTIME_DB)",
     )
     worker.add_argument(
         "--import",

@@ -131,6 +131,7 @@ class Fleet:
         """Give up every lease at once (the runtime's tasks have ended): every run the
         database says this worker holds, also one whose claim was cut short before the
         worker learnt of it."""
+        await self._store.settle_claims()
         with contextlib.suppress(Exception):  # the leases run out anyway
             released = await self._store.release_all()
             logger.info("fleet.released", runs=released)
@@ -178,11 +179,13 @@ class Fleet:
                 await asyncio.sleep(0)  # there may be more: claim again at once
                 continue
             # Claimed less than there was room for: nothing more is runnable, or this
-            # worker holds its fair share. Look again when something becomes runnable,
-            # when a run ends here (the share has room), or after a poll interval; at most
-            # every few milliseconds, so that a stream of ends costs few claims.
-            await store.wait_runnable(config.poll_interval, room=True)
-            await asyncio.sleep(_CLAIM_SPACING)
+            # worker holds its fair share. Look again when something becomes runnable, or
+            # after a poll interval, and, if this claim took runs (its share may have held
+            # it back), when a run ends here; at most every few milliseconds, so that a
+            # stream of ends costs few claims.
+            await store.wait_runnable(config.poll_interval, room=bool(claimed))
+            if claimed:
+                await asyncio.sleep(_CLAIM_SPACING)
 
     async def _heartbeat_loop(self) -> None:
         store, config = self._store, self._config
@@ -201,6 +204,32 @@ class Fleet:
                 if self._supervisor.supervising(run_id):
                     self._lost(run_id)
             unsupervised = await self._let_go(unsupervised)
+
+    async def _behind(self, idle: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The idle runs whose runner knows the whole log; the others are restarted here.
+
+        A request applied while a runner was being spawned (a cancel recorded between the
+        spawn's read of the log and the runner's start) is in the log but not in the
+        runner's state: such a runner would sleep through it. Restarting it replays it.
+        """
+        supervisor = self._supervisor
+        try:
+            infos = {i.run_id: i for i in await self._store.get_runs([r for r, _ in idle])}
+        except Exception:
+            return []  # look again at the next beat
+        current: list[tuple[str, float]] = []
+        for run_id, until in idle:
+            runner = supervisor.runner(run_id)
+            info = infos.get(run_id)
+            if runner is None or info is None:
+                continue
+            if info.version == runner.state.version:
+                current.append((run_id, until))
+                continue
+            logger.info("fleet.runner_behind", run_id=run_id)
+            await supervisor.stop(run_id)
+            supervisor.spawn(run_id)
+        return current
 
     async def _let_go(self, unsupervised: set[str]) -> set[str]:
         """Release the runs held but not run here (for two beats in a row) and the runs
@@ -222,6 +251,8 @@ class Fleet:
             until = idle_until(runner.state, now)
             if until is not None and until - now >= self._config.idle_release:
                 idle.append((run_id, until))
+        if idle:
+            idle = await self._behind(idle)
         for run_id, _ in idle:
             await supervisor.stop(run_id)
         releases: list[tuple[str, float | None]] = [*orphans, *idle]

@@ -37,9 +37,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aruntime.store import open_store
 from benchmarks import _floor, _message, _recovery, _replay, _scale, _sleep, _wakeup, report
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
-from benchmarks._aruntime_side import DEFAULT_POSTGRES, AruntimeSide, LoopResult, StoreSpec
+from benchmarks._aruntime_side import (
+    DEFAULT_POSTGRES,
+    AruntimeSide,
+    LoopResult,
+    StoreSpec,
+    discard,
+)
 from benchmarks._dbos_side import DbosSide
 from benchmarks._harness import REPO, Progress, configure_logging, machine, note, spread
 from benchmarks.workloads import REPLAY, WORKLOADS, Workload
@@ -446,17 +453,25 @@ class Suite:
         workload = WORKLOADS["wakeup"].resized(runs=args.n)
         repeat = args.repeat or workload.default_repeat
         repeats: list[dict[str, float]] = []
+        postgres = self.store.kind == "postgres"
         with self.progress("wakeup", repeat) as progress:
             for r in range(repeat):
-                repeats.append(_wakeup.measure(workload.runs, workdir=self.workdir / f"wakeup-{r}"))
+                directory = self.workdir / f"wakeup-{r}"
+                url = self.store.url(directory) if postgres else None
+                try:
+                    repeats.append(_wakeup.measure(workload.runs, workdir=directory, url=url))
+                finally:
+                    if url is not None:
+                        asyncio.run(discard(open_store(url)))
                 self.settle()
                 progress.update()
+        described = (
+            {"store": "postgres", "processes": "worker + client"}
+            if postgres
+            else {"store": "sqlite", "synchronous": "FULL", "processes": "owner + client"}
+        )
         blocks: dict[str, dict[str, Any]] = {
-            "aruntime": report.side_block(
-                self.aruntime.version(),
-                {"store": "sqlite", "synchronous": "FULL", "processes": "owner + client"},
-                repeats,
-            )
+            "aruntime": report.side_block(self.aruntime.version(), described, repeats)
         }
         rep = self._report(
             "wakeup",
@@ -465,7 +480,8 @@ class Suite:
             blocks=blocks,
             figures=report.FIGURES["wakeup"],
         )
-        rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
+        # Across processes: a file, or the PostgreSQL database.
+        rep["config"]["store"] = "postgres" if postgres else "sqlite"
         return rep
 
     # -- message ----------------------------------------------------------------------

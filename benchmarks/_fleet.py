@@ -38,6 +38,7 @@ import asyncpg
 from aruntime.events import RunStarted
 from aruntime.store import OwnerInfo
 from aruntime.store.postgres import PostgresConfig, PostgresStore
+from benchmarks import report
 from benchmarks._aruntime_side import DEFAULT_POSTGRES
 from benchmarks._harness import REPO, machine, note, percentile, spread
 
@@ -302,12 +303,8 @@ def _config() -> dict[str, Any]:
 
 
 def _chart(path: Path, counts: list[int], figures: dict[str, Any]) -> None:
-    try:
-        import matplotlib  # noqa: PLC0415 - optional
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = report._pyplot()
+    if plt is None:
         note("no chart: matplotlib is not installed (pip install -r benchmarks/requirements.txt)")
         return
     medians = [figures[str(c)]["median"] for c in counts]

@@ -46,17 +46,22 @@ async def sleeper() -> None:
     await sleep(3600)
 
 
+def _url(db: str) -> str:
+    """A store URL as given, or the `sqlite:///` URL of a file's path."""
+    return db if "://" in db else f"sqlite:///{db}"
+
+
 async def _own(db: str) -> None:
-    async with Runtime(f"sqlite:///{db}", workflows=[echo, sleeper]):
+    async with Runtime(_url(db), workflows=[echo, sleeper]):
         print("ready", flush=True)
         await asyncio.Event().wait()
 
 
-async def _measure(db: Path, samples: int) -> dict[str, float]:
+async def _measure(db: Path | str, samples: int) -> dict[str, float]:
     results: list[float] = []
     starts: list[float] = []
     cancels: list[float] = []
-    async with Client(f"sqlite:///{db}") as client:
+    async with Client(_url(str(db))) as client:
         store = client.store
         for n in range(samples):
             asked = time.time()
@@ -96,12 +101,18 @@ async def _measure(db: Path, samples: int) -> dict[str, float]:
     return figures
 
 
-def measure(samples: int, *, workdir: Path, timeout: float = 600) -> dict[str, float]:
-    """One measurement: an owner process on a fresh file, this process its client."""
+def measure(
+    samples: int, *, workdir: Path, timeout: float = 600, url: str | None = None
+) -> dict[str, float]:
+    """One measurement: an owner process on a fresh file (or the store `url`, a fresh
+    PostgreSQL schema), this process its client."""
     workdir.mkdir(parents=True, exist_ok=True)
-    db = workdir / "wakeup.db"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db: Path | str = workdir / "wakeup.db"
+    if url is not None:
+        db = url
+    else:
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
     command, env = child_command("benchmarks._wakeup", "owner", str(db))
     owner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -13,7 +13,7 @@ from fleet_helpers import FAST_LEASES, FleetWorker, audit, held_by, writers_afte
 from fleet_jobs import chaos, expected_result, read_ledger
 from pg_helpers import new_schema, pg_url, require_postgres
 
-from aruntime import Client, Runtime
+from aruntime import Client, RunCancelledError, Runtime
 from aruntime.state import RunStatus
 
 pytestmark = pytest.mark.slow
@@ -212,3 +212,32 @@ async def test_a_sleeping_run_holds_no_lease(schema: str) -> None:
     found = await audit(schema)
     assert found.violations == []
     assert found.claims >= 2  # the start, and the claim when it was due
+
+
+async def test_a_client_cancels_runs_wherever_they_are(
+    tmp_path: Path, url: str, schema: str, client: Client, workers: list[FleetWorker]
+) -> None:
+    """A cancel reaches a run in flight on a worker and a run asleep in the database (no
+    lease): the holder or the claimer applies it, and both end cancelled."""
+    await start_workers(2, url, schema, tmp_path, workers)
+    busy = await client.start(chaos, 200, 0.2, 0, 0.0, 0, run_id="busy")
+    asleep = await client.start(chaos, 3, 0.0, 2, 60.0, 0, run_id="asleep")
+
+    async def settled() -> bool:
+        import asyncpg
+        from pg_helpers import PG_URL
+
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            rows = dict(await conn.fetch(f"SELECT run_id, owner FROM {schema}.runs"))
+        finally:
+            await conn.close()
+        return rows.get("busy") is not None and "asleep" in rows and rows["asleep"] is None
+
+    await wait_for(settled, timeout=15)  # one runs on a worker, the other sleeps unheld
+    await client.cancel("busy", reason="enough")
+    await client.cancel("asleep", reason="wake up")
+    for handle, reason in ((busy, "enough"), (asleep, "wake up")):
+        with pytest.raises(RunCancelledError, match=reason):
+            await handle.result(timeout=15)
+    assert (await audit(schema)).violations == []

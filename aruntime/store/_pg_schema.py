@@ -363,11 +363,14 @@ ORDER BY i.id LIMIT $3"""
             "r.status IN ('pending', 'running') AND r.parked_reason IS NULL "
             "AND r.workflow = ANY($2::text[])"
         )
+        due = (
+            "(r.due_at IS NULL OR r.due_at <= extract(epoch FROM now()) + $4::float8 "
+            f"OR EXISTS (SELECT 1 FROM {s}.inbox i WHERE i.run_id = r.run_id))"
+        )
         self.claim = f"""
 WITH share AS (
     SELECT greatest(0, least($3::bigint,
-        ceil((SELECT count(*) FROM {s}.runs r WHERE {runnable}
-                AND (r.due_at IS NULL OR r.due_at <= extract(epoch FROM now()) + $4::float8))
+        ceil((SELECT count(*) FROM {s}.runs r WHERE {runnable} AND {due})
              / greatest(1, (SELECT count(*) FROM {s}.workers
                             WHERE seen_at > now() - $5::float8 * interval '1 second'
                               AND workflows && $2::text[]))::numeric
@@ -376,9 +379,7 @@ WITH share AS (
     SELECT r.run_id FROM {s}.runs r
     WHERE {runnable}
       AND (r.owner IS NULL OR r.lease_until < now())
-      AND (r.due_at IS NULL
-           OR r.due_at <= extract(epoch FROM now()) + $4::float8
-           OR EXISTS (SELECT 1 FROM {s}.inbox i WHERE i.run_id = r.run_id))
+      AND {due}
     ORDER BY r.due_at NULLS FIRST, r.id
     LIMIT (SELECT n FROM share)
     FOR UPDATE OF r SKIP LOCKED

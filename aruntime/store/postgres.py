@@ -204,6 +204,7 @@ class PostgresStore:
         self.on_lost: Callable[[str], None] | None = None
         """Told the run id of every run whose claim this worker lost."""
         self._final_stats = PostgresStats()
+        self._claiming: asyncio.Future[list[Any]] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, owner: bool = True) -> PostgresStore:
@@ -379,6 +380,8 @@ class PostgresStore:
             if not future.done():
                 with contextlib.suppress(BaseException):
                     await asyncio.wait([future])
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: its waiter is gone
             raise
 
     # -- reads ---------------------------------------------------------------------------
@@ -658,15 +661,33 @@ class PostgresStore:
         if limit <= 0 or not workflows:
             return []
         config = self._config
-        rows = await self._read(
-            None,
-            lambda c: c.fetch(
-                self._sql.claim, self.worker_id, workflows, limit, lookahead, config.lease
-            ),
-        )
-        for row in rows:
-            self._epochs[row["run_id"]] = row["epoch"]
+
+        async def claim() -> list[Any]:
+            rows: list[Any] = await self._read(
+                None,
+                lambda c: c.fetch(
+                    self._sql.claim, self.worker_id, workflows, limit, lookahead, config.lease
+                ),
+            )
+            for row in rows:
+                self._epochs[row["run_id"]] = row["epoch"]
+            return rows
+
+        # A claim the server committed must be known here even if the caller is cancelled
+        # meanwhile (a shutdown): otherwise nobody releases it, and the run waits a lease.
+        task = self._claiming = asyncio.ensure_future(claim())
+        rows = await asyncio.shield(task)
+        if rows:
+            # Requests waiting for these runs are this worker's to apply now: wake its inbox.
+            self._signal.bump()
         return [row["run_id"] for row in rows]
+
+    async def settle_claims(self) -> None:
+        """Wait for a claim in flight (its runs are then in `held`)."""
+        task = self._claiming
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([task])
 
     async def renew(self) -> list[str]:
         """Renew every lease this worker holds; the runs it lost (taken over, ended)."""
