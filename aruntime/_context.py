@@ -85,13 +85,28 @@ class _Runner(Protocol):
     def now(self) -> float: ...
 
 
+class Race:
+    """One `aruntime.first`: which of its awaitables won, once one has."""
+
+    __slots__ = ("winner",)
+
+    def __init__(self, winner: int | None = None) -> None:
+        self.winner = winner
+
+
 class Branch:
     """One strand of a run's operations, owned by one task."""
 
-    __slots__ = ("children", "loser", "path", "position", "runner", "task")
+    __slots__ = ("_loser", "children", "path", "position", "races", "runner", "task")
 
     def __init__(
-        self, runner: _Runner, path: str, task: asyncio.Task[Any] | None, *, loser: bool = False
+        self,
+        runner: _Runner,
+        path: str,
+        task: asyncio.Task[Any] | None,
+        *,
+        loser: bool = False,
+        races: tuple[tuple[Race, int], ...] = (),
     ) -> None:
         self.runner = runner
         self.path = path
@@ -100,16 +115,30 @@ class Branch:
         self.position = 0
         """The position of the last operation called in this branch."""
         self.children = 0
-        self.loser = loser
-        """The branch lost an `aruntime.first` that the log recorded: it may replay what
-        the log holds, and waits to be cancelled instead of doing anything new."""
+        self._loser = loser
+        self.races = races
+        """The `aruntime.first` races this branch (or a branch it descends from) runs in,
+        with its index in each."""
+
+    @property
+    def loser(self) -> bool:
+        """The branch lost an `aruntime.first` (recorded, or decided a moment ago): it may
+        replay what the log holds, and waits to be cancelled instead of doing anything
+        new."""
+        if self._loser:
+            return True
+        return any(race.winner is not None and race.winner != i for race, i in self.races)
+
+    @loser.setter
+    def loser(self, value: bool) -> None:
+        self._loser = value
 
     def child(self) -> Branch:
         """A new branch, numbered after the ones this branch created before it."""
         self.children += 1
         number = str(self.children)
         path = f"{self.path}.{number}" if self.path else number
-        return Branch(self.runner, path, None, loser=self.loser)
+        return Branch(self.runner, path, None, loser=self._loser, races=self.races)
 
 
 _BRANCH: ContextVar[Branch | None] = ContextVar("aruntime_branch", default=None)

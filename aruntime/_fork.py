@@ -30,8 +30,14 @@ def _identity_of(event: Event) -> str | None:
     return op_identity(getattr(event, "branch", ""), position)
 
 
-def fork_log(events: Sequence[Event], run_id: str, at: str) -> list[Event]:
+def fork_log(
+    events: Sequence[Event], run_id: str, at: str, now: float | None = None
+) -> list[Event]:
     """The log of run `run_id`: `events` before the first one of the operation `at`.
+
+    A run deadline (`timeout=` at the start) is a span from the run's start: the fork,
+    made at `now`, gets the same span from then on, not the origin's wall-clock deadline
+    (long past when the fork of a failed run is made after the fix).
 
     Raises:
         ValueError: the log is empty, or holds no operation at `at`.
@@ -42,8 +48,16 @@ def fork_log(events: Sequence[Event], run_id: str, at: str) -> list[Event]:
     cut = next((i for i, event in enumerate(events) if _identity_of(event) == at), None)
     if cut is None:
         raise ValueError(f"run {origin.run_id!r} recorded no operation at {at!r}")
+    deadline = origin.deadline
+    if deadline is not None and now is not None:
+        deadline = now + max(0.0, deadline - origin.at)
     started = msgspec.structs.replace(
-        origin, run_id=run_id, forked_from=origin.run_id, forked_at=at, parent=None
+        origin,
+        run_id=run_id,
+        forked_from=origin.run_id,
+        forked_at=at,
+        parent=None,
+        deadline=deadline,
     )
     return [started, *events[1:cut]]
 

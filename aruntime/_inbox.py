@@ -168,7 +168,7 @@ class Inbox:
         origin, at = request.origin or "", request.from_step or ""
         try:
             events = await self._store.events_for(origin)
-            copied = fork_log(events, request.run_id, at)
+            copied = fork_log(events, request.run_id, at, self._clock.now())
             messages: list[Request] = []
             if await self._store.get_run(request.run_id) is None:
                 pending = await self._store.pending(run_id=origin, kinds=(RequestKind.MESSAGE,))

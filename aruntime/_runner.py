@@ -482,10 +482,13 @@ class Runner:
         *,
         loser: bool = False,
         out: list[Branch] | None = None,
+        race: tuple[_context.Race, int] | None = None,
     ) -> asyncio.Task[Any]:
         """Run `awaitable` in a task of its own, as the next child branch of `parent`."""
         self.check_owner(parent, "a branch")
         child = parent.child()
+        if race is not None:
+            child.races = (*child.races, race)
         if out is not None:
             out.append(child)
         if loser:

@@ -47,7 +47,12 @@ from aruntime._decide_ops import (
     send_confirmed,
 )
 from aruntime._log import logger
-from aruntime._values import AppendInterruptedError, convert_result, encode_start_args
+from aruntime._values import (
+    AppendInterruptedError,
+    check_same_start,
+    convert_result,
+    encode_start_args,
+)
 from aruntime.errors import (
     AruntimeError,
     ConfigError,
@@ -67,6 +72,7 @@ from aruntime.events import (
     OperationCancelled,
     ReceiveStarted,
     ReceiveTimedOut,
+    RunStarted,
     ValuePublished,
 )
 from aruntime.state import RunState, RunStatus, fold_into, replay
@@ -101,6 +107,11 @@ async def _io(runner: Runner, call: Awaitable[_T]) -> _T:
         return await call
     except StoreError as exc:
         raise runner._fail(exc) from None
+
+
+_STARTS = (RequestKind.START, RequestKind.FORK)
+_NO_ARGS = "[[],{}]"
+"""The recorded arguments of a run started without any (as `aruntime._inbox.NO_ARGS`)."""
 
 
 def _dumps(runner: Runner, value: Any, what: str) -> str:
@@ -157,8 +168,8 @@ async def receive(runner: Runner, topic: str, timeout: float | None) -> Any:  # 
             raise runner._mismatch(identity, action)
         else:
             seen = runner._mail.value  # before the read: a message posted after it moves it
-            if await _take(runner, branch, position, topic):
-                continue
+            if await _take(runner, branch, position, topic) or branch.loser:
+                continue  # a branch that lost meanwhile waits at the _hold above
             if action.expired:
                 await runner._append(ReceiveTimedOut, position=position, branch=branch.path)
                 continue
@@ -178,6 +189,8 @@ async def _take(runner: Runner, branch: Branch, position: int, topic: str) -> bo
         async with runner._lock:
             if request.id in runner._taken:  # another branch took it while we waited
                 continue
+            if branch.loser:  # its aruntime.first was won while it waited: take nothing
+                return False
             if runner._closing:
                 raise runner._refusal()  # the runtime closes: the next one delivers it
             await runner._flush_locked()
@@ -254,7 +267,9 @@ async def send(runner: Runner, target: str, payload: Any, topic: str) -> None:
         raise runner._mismatch(identity, action)
     text = _dumps(runner, payload, "the message")
     info = await _io(runner, runner._store.get_run(target))
-    if info is None:
+    if info is None and await _io(runner, _start_waits(runner, target)):
+        refused = ""
+    elif info is None:
         refused = "RunNotFoundError"
     elif info.status.terminal:
         refused = f"RunEndedError:{info.status.value}"
@@ -285,6 +300,15 @@ async def _may_be_lost(runner: Runner, sent: MessageSent) -> bool:
         return False
     waiting = await _io(runner, store.pending(run_id=sent.target, kinds=_MESSAGE))
     return all(message.key != sent.key for message in waiting)
+
+
+async def _start_waits(runner: Runner, target: str) -> bool:
+    """Whether run `target` is about to exist: its start or fork waits in the inbox (a
+    child this run just started, say), or was applied since `get_run` looked."""
+    store = runner._store
+    if any(r.kind in _STARTS for r in await store.pending(run_id=target)):
+        return True
+    return await store.get_run(target) is not None
 
 
 def _send_error(error_type: str, target: str) -> AruntimeError:
@@ -376,7 +400,17 @@ async def start_child(
     if not isinstance(workflow, Workflow):
         raise ConfigError(f"a child run needs a @workflow, got {workflow!r}")
     branch, position, identity = runner._next("aruntime.start_child")
-    child = child_run_id(runner.run_id, identity) if run_id is None else check_run_id(run_id)
+    if run_id is None:
+        # The default id is the one the log recorded when it holds one: a fork replays its
+        # origin's ChildStarted, whose child is named after the origin.
+        recorded_child = runner.state.children.get(identity)
+        child = (
+            recorded_child.child
+            if recorded_child is not None
+            else child_run_id(runner.run_id, identity)
+        )
+    else:
+        child = check_run_id(run_id)
     action = next_child_start(
         runner.state,
         identity,
@@ -402,13 +436,38 @@ async def start_child(
         await runner._cancelled_at(branch, position, action.record)
     if isinstance(action, Mismatch):
         raise runner._mismatch(identity, action)
-    encode_start_args(runner._serializer, workflow, child, args, kwargs)  # refused unrecorded
+    encoded = encode_start_args(runner._serializer, workflow, child, args, kwargs)
+    await _check_child_id(runner, child, workflow.name, encoded)  # refused before recorded
     await runner._append(
         ChildStarted, position=position, child=child, workflow=workflow.name, branch=branch.path
     )
     await _post_start(runner, workflow, child, args, kwargs)
     logger.info("child.started", run_id=runner.run_id, child=child, workflow=workflow.name)
     return ChildHandle(runner, identity, workflow, child)
+
+
+async def _check_child_id(runner: Runner, child: str, workflow: str, encoded: str) -> None:
+    """Refuse a child id that names a run (or a start waiting in the inbox) of another
+    workflow or with other arguments: the inbox would take the start as a repeat and the
+    parent would adopt a run that is not its child."""
+    store = runner._store
+    events = (await store.events_for(child))[:1]
+    if events and isinstance(events[0], RunStarted):
+        recorded_workflow, recorded_args = events[0].workflow, events[0].args
+    else:
+        starts = [r for r in await store.pending(run_id=child) if r.kind is RequestKind.START]
+        if not starts:
+            return
+        recorded_workflow = starts[0].workflow or ""
+        recorded_args = starts[0].args if starts[0].args is not None else _NO_ARGS
+    check_same_start(
+        runner._serializer,
+        child,
+        recorded_workflow,
+        recorded_args,
+        workflow=workflow,
+        encoded=encoded,
+    )
 
 
 async def _post_start(
@@ -532,6 +591,17 @@ async def cancel_children_of(store: EventStore, now: float, state: RunState, rea
 # -- first of several -----------------------------------------------------------------
 
 
+async def _contend(awaitable: Awaitable[Any], race: _context.Race, index: int) -> Any:
+    """Await one of `aruntime.first`'s awaitables; the first to end wins the race at once,
+    before its task is done, so that from then on the others start nothing new (a losing
+    receive consumes no message)."""
+    try:
+        return await awaitable
+    finally:
+        if race.winner is None:
+            race.winner = index
+
+
 async def first(runner: Runner, awaitables: tuple[Awaitable[Any], ...]) -> Any:
     """The outcome of whichever awaitable completes first; the others are cancelled."""
     branch, position, identity = runner._next("aruntime.first")
@@ -543,15 +613,24 @@ async def first(runner: Runner, awaitables: tuple[Awaitable[Any], ...]) -> Any:
                 close()
         raise runner._mismatch(identity, action)
     winner = action.index if isinstance(action, Winner) else None
+    race = _context.Race(winner)
     branches: list[Branch] = []
     tasks = [
-        runner.spawn(branch, aw, loser=winner is not None and index != winner, out=branches)
+        runner.spawn(
+            branch,
+            _contend(aw, race, index),
+            loser=winner is not None and index != winner,
+            out=branches,
+            race=(race, index),
+        )
         for index, aw in enumerate(awaitables)
     ]
     try:
         if winner is None:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            index = min(tasks.index(task) for task in done)
+            index = race.winner
+            if index is None:  # pragma: no cover - a task ends through _contend
+                index = min(tasks.index(task) for task in done)
             await runner._hold(branch)
             await runner._append(FirstWon, position=position, winner=index, branch=branch.path)
             winner = index

@@ -250,7 +250,7 @@ class Client:
         info = await self.store.get_run(run_id)
         if (
             info is None
-            and not await self._pending(run_id, RequestKind.START)
+            and not await self._pending(run_id, RequestKind.START, RequestKind.FORK)
             and await self.store.get_run(run_id) is None  # applied between the two reads
         ):
             raise RunNotFoundError(run_id)
@@ -298,7 +298,9 @@ class Client:
                 return self.serializer.loads(state.published[key])
             if state.status.terminal:
                 raise RunEndedError(run_id, state.status.value)
-            if state.version == 0 and not await self._pending(run_id, RequestKind.START):
+            if state.version == 0 and not await self._pending(
+                run_id, RequestKind.START, RequestKind.FORK
+            ):
                 if await store.get_run(run_id) is None:
                     raise RunNotFoundError(run_id)
                 continue
@@ -456,10 +458,10 @@ class Client:
             raise RunIdConflictError(run_id, f"as a run of workflow {info.workflow!r}")
         return True
 
-    async def _pending(self, run_id: str, kind: RequestKind) -> bool:
-        """Whether a request of `kind` for the run waits in the inbox."""
+    async def _pending(self, run_id: str, *kinds: RequestKind) -> bool:
+        """Whether a request of one of `kinds` for the run waits in the inbox."""
         pending = await self.store.pending(run_id=run_id)
-        return any(request.kind is kind for request in pending)
+        return any(request.kind in kinds for request in pending)
 
 
 _STARTS = (RequestKind.START, RequestKind.FORK)
