@@ -140,9 +140,13 @@ class Fleet:
         """The store says another worker took the run over: stop it here, now."""
         self.lost += 1
         logger.warning("fleet.lease_lost", run_id=run_id, worker=self._store.worker_id)
-        task = asyncio.get_running_loop().create_task(self._supervisor.stop(run_id))
-        self._stops.add(task)
-        task.add_done_callback(self._stops.discard)
+        # At once, not in a task of its own: the runner must not run again before it is
+        # told, or its next append goes out as one of a run this worker does not hold.
+        task = self._supervisor.stop_soon(run_id)
+        if task is None:
+            self._store.forget_lost(run_id)
+        else:
+            task.add_done_callback(lambda _: self._store.forget_lost(run_id))
 
     async def claim_now(self) -> None:
         """Claim every runnable run there is room for, once (at start-up)."""
@@ -203,6 +207,8 @@ class Fleet:
             for run_id in lost:
                 if self._supervisor.supervising(run_id):
                     self._lost(run_id)
+                else:
+                    store.forget_lost(run_id)
             unsupervised = await self._let_go(unsupervised)
 
     async def _behind(self, idle: list[tuple[str, float]]) -> list[tuple[str, float]]:

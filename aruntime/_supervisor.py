@@ -48,6 +48,7 @@ from aruntime._runner import Flusher, Runner
 from aruntime.errors import (
     ConfigError,
     CorruptLogError,
+    LeaseLostError,
     NonDeterminismError,
     RunNotFoundError,
     SerializationError,
@@ -227,15 +228,22 @@ class Supervisor:
     async def stop(self, run_id: str) -> None:
         """End the run's task here as a shutdown would (nothing is recorded, no respawn)
         and wait until it has ended; the run goes on wherever its lease goes next."""
+        task = self.stop_soon(run_id)
+        if task is not None:
+            await asyncio.wait([task])
+
+    def stop_soon(self, run_id: str) -> asyncio.Task[None] | None:
+        """`stop` without waiting: from the moment it returns the run's runner starts
+        nothing and appends nothing more (its lease was lost); the run's task, if any."""
         task = self._tasks.get(run_id)
         if task is None:
-            return
+            return None
         runner = self._runners.get(run_id)
         if runner is not None:
             runner.shut_down()
         self._stopping.add(run_id)
         task.cancel()
-        await asyncio.wait([task])
+        return task
 
     async def crash(self, run_id: str) -> tuple[RunState, RunState]:
         """Kill the run's task as a crash would; return (state before, state replayed).
@@ -402,6 +410,8 @@ class Supervisor:
                 await self._store.park(run_id, text)
             except RunNotFoundError:
                 return  # nothing to park: the store holds no such run
+            except LeaseLostError:
+                return  # another worker of the fleet holds the run now: it is its to park
             except Exception as exc:  # the store is failing too: never drop the run
                 refusals += 1
                 # The respawn backoff, never zero: a retry loop must not spin.

@@ -234,7 +234,9 @@ WITH moved AS (
         owner = CASE WHEN coalesce(m.status, r.status) IN {_TERMINAL} THEN NULL
                      ELSE $22::text END,
         lease_until = CASE WHEN coalesce(m.status, r.status) IN {_TERMINAL} THEN NULL
-                           WHEN m.epoch = 0 THEN now() + $23::float8 * interval '1 second'
+                           WHEN m.epoch = 0 OR r.lease_until IS NULL
+                               -- held again after a release it raced: a lease that ends
+                               THEN now() + $23::float8 * interval '1 second'
                            ELSE r.lease_until END,
         due_at = NULL
     FROM moved m
@@ -290,12 +292,22 @@ FROM accepted a"""
         self.changes_name = f"{s}.changes"
 
         # -- the index ----------------------------------------------------------------
-        self.park = (
-            f"UPDATE {s}.runs SET parked_reason = $2, "
-            "owner = CASE WHEN $2::text IS NULL THEN owner END, "
-            "lease_until = CASE WHEN $2::text IS NULL THEN lease_until END "
-            "WHERE run_id = $1 RETURNING run_id"
-        )
+        # A park ($3: the epoch the worker holds, 0 for none) is fenced as an append is:
+        # a worker whose claim was taken over must not park the run, nor clear the live
+        # holder's lease. An unpark ($3 NULL) only clears the mark.
+        self.park = f"""
+WITH target AS (SELECT epoch FROM {s}.runs WHERE run_id = $1), done AS (
+    UPDATE {s}.runs SET parked_reason = $2,
+        owner = CASE WHEN $2::text IS NULL THEN owner END,
+        lease_until = CASE WHEN $2::text IS NULL THEN lease_until END
+    WHERE run_id = $1 AND CASE
+        WHEN $3::bigint IS NULL THEN true
+        WHEN $3::bigint = 0 THEN owner IS NULL OR owner = $4::text
+        ELSE epoch = $3::bigint END
+    RETURNING run_id
+)
+SELECT (SELECT epoch FROM target) AS epoch, EXISTS (SELECT 1 FROM done) AS done
+WHERE EXISTS (SELECT 1 FROM target)"""
 
         # -- the inbox ----------------------------------------------------------------
         self.post = (
@@ -355,9 +367,9 @@ ORDER BY i.id LIMIT $3"""
         # Claim runnable runs: new or orphaned (no live lease), due (sleeps and retries
         # whose time came, within `lookahead` seconds), or with a cancel or resume waiting
         # in the inbox. SKIP LOCKED: two workers claiming at once take different runs.
-        # A worker takes at most its fair share: the runnable and running runs of its
-        # workflows divided by the live workers that run any of them, less what it holds,
-        # so that a burst of
+        # A worker takes at most its fair share: each runnable or running run of its
+        # workflows counts for 1 / the live workers that run that workflow (a run only
+        # this worker can run counts whole), less what it holds, so that a burst of
         # new runs spreads over the fleet instead of going to whoever looked first.
         runnable = (
             "r.status IN ('pending', 'running') AND r.parked_reason IS NULL "
@@ -370,10 +382,14 @@ ORDER BY i.id LIMIT $3"""
         self.claim = f"""
 WITH share AS (
     SELECT greatest(0, least($3::bigint,
-        ceil((SELECT count(*) FROM {s}.runs r WHERE {runnable} AND {due})
-             / greatest(1, (SELECT count(*) FROM {s}.workers
-                            WHERE seen_at > now() - $5::float8 * interval '1 second'
-                              AND workflows && $2::text[]))::numeric
+        ceil(coalesce((
+            SELECT sum(g.runs::numeric / greatest(1, (
+                SELECT count(*) FROM {s}.workers w
+                WHERE w.seen_at > now() - $5::float8 * interval '1 second'
+                  AND g.workflow = ANY(w.workflows))))
+            FROM (SELECT r.workflow, count(*) AS runs FROM {s}.runs r
+                  WHERE {runnable} AND {due}
+                  GROUP BY r.workflow) g), 0)
         )::bigint - (SELECT count(*) FROM {s}.runs WHERE owner = $1))) AS n
 ), c AS (
     SELECT r.run_id FROM {s}.runs r

@@ -199,6 +199,11 @@ class PostgresStore:
         """Set when a run this worker held ended: a claim limited by its share may take more."""
         self._epochs: dict[str, int] = {}
         """The fencing epoch of every run this worker holds."""
+        self._fenced: dict[str, int] = {}
+        """The runs this worker lost while it ran them, with the epoch it held, until
+        their tasks here have ended (`forget_lost`): whatever they still append is sent
+        under that epoch, and refused, never as an append of a run not held (which
+        would claim the run and commit a stale write)."""
         self._workflows: frozenset[str] | None = None
         """The workflows this worker runs (None until its runtime says)."""
         self.on_lost: Callable[[str], None] | None = None
@@ -370,6 +375,10 @@ class PostgresStore:
             last=events[-1].sequence,
             last_at=events[-1].at,
             consume=consume,
+            # The claim this append is made under, taken now: a loss learned while it
+            # waits in the queue must not turn it into an append of a run not held (0),
+            # which would claim the run and commit a stale write.
+            epoch=self._epochs.get(run_id) or self._fenced.get(run_id, 0),
         )
         writer.put(job)
         future = job.future
@@ -454,23 +463,30 @@ class PostgresStore:
 
     async def park(self, run_id: str, reason: str) -> None:
         self._owners_writer("park a run")
-        await self._set_parked(run_id, reason)
+        await self._set_parked(run_id, reason, self._epochs.get(run_id, 0))
         self._epochs.pop(run_id, None)  # a parked run holds no lease
 
     async def unpark(self, run_id: str) -> None:
         self._owners_writer("unpark a run")
-        await self._set_parked(run_id, None)
+        await self._set_parked(run_id, None, None)
 
-    async def _set_parked(self, run_id: str, reason: str | None) -> None:
+    async def _set_parked(self, run_id: str, reason: str | None, epoch: int | None) -> None:
+        """Set or clear the parked mark; a park is fenced like an append (`epoch`: the
+        claim this worker holds, 0 for none), an unpark (None) is not."""
+
         async def park(conn: Any) -> Any:
             async with conn.transaction():
-                row = await conn.fetchrow(self._sql.park, run_id, reason)
-                if row is not None:
+                row = await conn.fetchrow(self._sql.park, run_id, reason, epoch, self.worker_id)
+                if row is not None and row["done"]:
                     await self._notify(conn, "r" if reason is None else "c")
                 return row
 
-        if await self._read(run_id, park) is None:
+        row = await self._read(run_id, park)
+        if row is None:
             raise RunNotFoundError(run_id)
+        if not row["done"]:
+            self._epochs.pop(run_id, None)
+            raise LeaseLostError(run_id, epoch or 0, row["epoch"])
 
     # -- the inbox -----------------------------------------------------------------------
 
@@ -671,6 +687,7 @@ class PostgresStore:
             )
             for row in rows:
                 self._epochs[row["run_id"]] = row["epoch"]
+                self._fenced.pop(row["run_id"], None)
             return rows
 
         # A claim the server committed must be known here even if the caller is cancelled
@@ -689,6 +706,11 @@ class PostgresStore:
             with contextlib.suppress(BaseException):
                 await asyncio.wait([task])
 
+    def forget_lost(self, run_id: str) -> None:
+        """Nothing of this worker runs `run_id` any more since it lost it: an append for
+        it is again one of a run not held (a cancel, a resume), claiming it if free."""
+        self._fenced.pop(run_id, None)
+
     async def renew(self) -> list[str]:
         """Renew every lease this worker holds; the runs it lost (taken over, ended)."""
         held = dict(self._epochs)
@@ -702,6 +724,7 @@ class PostgresStore:
         for run_id in lost:
             if self._epochs.get(run_id) == held[run_id]:
                 del self._epochs[run_id]
+                self._fenced[run_id] = held[run_id]
         return lost
 
     async def release(self, runs: Sequence[tuple[str, float | None]]) -> None:
@@ -761,7 +784,9 @@ class PostgresStore:
         self._runnable.clear()
 
     def _lost(self, run_id: str) -> None:
-        self._epochs.pop(run_id, None)
+        epoch = self._epochs.pop(run_id, None)
+        if epoch is not None:
+            self._fenced[run_id] = epoch
         if self.on_lost is not None:
             self.on_lost(run_id)
 
@@ -792,6 +817,7 @@ class _Append:
     last: int
     last_at: float
     consume: int | None
+    epoch: int
 
 
 @dataclass(slots=True)
@@ -923,6 +949,7 @@ class _Writer:
             chain = chains[run_id]
             if row["held"]:
                 epochs[run_id] = row["epoch"]
+                store._fenced.pop(run_id, None)
             elif epochs.pop(run_id, None) is not None:
                 store._room.set()  # a run ended here: there is room to claim another
             appends += len(chain.jobs)
@@ -962,6 +989,8 @@ class _Writer:
                 job.future.set_exception(ConcurrencyError(job.run_id, job.expected, chain.last))
             elif job.consume is not None and chain.consume is not None:
                 deferred.append(job)  # one request consumed per run and statement
+            elif job.epoch != chain.first.epoch:
+                deferred.append(job)  # made under another claim: its own statement
             else:
                 chain.jobs.append(job)
                 chain.rows += rows
@@ -978,7 +1007,7 @@ class _Writer:
         batch changes something that waiters care for (new runs, statuses, published
         values, consumed requests)."""
         store = self.store
-        epochs, workflows = store._epochs, store._workflows
+        workflows = store._workflows
         moved: list[_Chain] = []
         created: list[_Chain] = []
         for chain in chains.values():
@@ -1004,7 +1033,7 @@ class _Writer:
             [c.last for c in moved],
             [c.status for c in moved],
             [c.last_at for c in moved],
-            [epochs.get(c.first.run_id, 0) for c in moved],
+            [c.first.epoch for c in moved],
             [c.consume for c in moved],
             [c.first.run_id for c in created],
             [c.first.workflow for c in created],
