@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,6 +55,29 @@ def child_command(
     path = [str(root), str(REPO), *(p for p in inherited.split(os.pathsep) if p)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
     return [sys.executable, "-P", "-m", module, *args], env
+
+
+def fresh_sqlite_file(path: Path | str) -> None:
+    """Delete an SQLite file and its WAL, shared-memory and lock files, if present."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def ready_child(module: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run `python -m module *args` until the block ends; enter once it printed `ready`."""
+    command, env = child_command(module, *args)
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {module} child process did not start; see above")
+        yield child
+    finally:
+        child.terminate()
+        child.wait(30)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def run_child(name: str, module: str, *args: str, timeout: float) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import aruntime
 from aruntime import Client, Runtime, workflow
 from aruntime.events import MessageReceived, ReceiveStarted
-from benchmarks._harness import REPO, child_command, configure_logging, percentile
+from benchmarks._harness import configure_logging, fresh_sqlite_file, percentile, ready_child
 
 __all__ = ["measure"]
 
@@ -79,20 +78,9 @@ def measure(samples: int, *, workdir: Path, timeout: float = 600) -> dict[str, f
     """One measurement: an owner process on a fresh file, this process its client."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "message.db"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    command, env = child_command("benchmarks._message", "owner", str(db), str(samples))
-    owner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert owner.stdout is not None
-        if owner.stdout.readline().strip() != "ready":
-            raise RuntimeError("the owner process did not start; see above")
+    fresh_sqlite_file(db)
+    with ready_child("benchmarks._message", "owner", str(db), str(samples)):
         return asyncio.run(asyncio.wait_for(_measure(db, samples), timeout))
-    finally:
-        owner.terminate()
-        owner.wait(30)
-        if owner.stdout is not None:
-            owner.stdout.close()
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from aruntime import Client, RunCancelledError, Runtime, sleep, step, workflow
 from aruntime.events import CancelRequested, RunCompleted, RunStarted
-from benchmarks._harness import REPO, child_command, configure_logging, percentile
+from benchmarks._harness import configure_logging, fresh_sqlite_file, percentile, ready_child
 
 __all__ = ["measure"]
 
@@ -111,20 +110,9 @@ def measure(
     if url is not None:
         db = url
     else:
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-    command, env = child_command("benchmarks._wakeup", "owner", str(db))
-    owner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert owner.stdout is not None
-        if owner.stdout.readline().strip() != "ready":
-            raise RuntimeError("the owner process did not start; see above")
+        fresh_sqlite_file(db)
+    with ready_child("benchmarks._wakeup", "owner", str(db)):
         return asyncio.run(asyncio.wait_for(_measure(db, samples), timeout))
-    finally:
-        owner.terminate()
-        owner.wait(30)
-        if owner.stdout is not None:
-            owner.stdout.close()
 
 
 if __name__ == "__main__":
