@@ -75,6 +75,12 @@ class RunStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The run whose log this one copied up to `forked_at` (`Client.fork`), if any."""
     forked_at: str | None = None
     """The identity of the operation the fork resumes from."""
+    queue: str | None = None
+    """The queue the run waits on until it is admitted (`aruntime.Queue`), if any."""
+    priority: int = 0
+    """Its priority in the queue: lower numbers are admitted first."""
+    partition_key: str | None = None
+    """Its partition in the queue: partitions take turns."""
 
 
 class StepStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aruntime._admission import Admission
 from aruntime.errors import ConcurrencyError, ConfigError, CorruptLogError
 from aruntime.events import Event, RunCancelled, RunCompleted, RunFailed, RunStarted
+from aruntime.queues import Queue
 from aruntime.state import RunStatus
 
 __all__ = [
@@ -37,10 +39,22 @@ class RunInfo:
     updated_at: float
     parked_reason: str | None = None
     """Why the supervisor parked the run; None while it is not parked."""
+    queue: str | None = None
+    """The queue it was started on, if any (see `aruntime.queues`)."""
+    priority: int = 0
+    partition_key: str | None = None
+    admitted_at: float | None = None
+    """When its queue admitted it (the store's clock); None while it waits, or for a run
+    started on no queue."""
 
     @property
     def parked(self) -> bool:
         return self.parked_reason is not None
+
+    @property
+    def queued(self) -> bool:
+        """Whether it waits for its queue to admit it (it is not executed meanwhile)."""
+        return self.queue is not None and self.admitted_at is None
 
 
 class RequestKind(enum.StrEnum):
@@ -94,6 +108,12 @@ class Request:
     """FORK: the run copied."""
     from_step: str | None = None
     """FORK: the identity of the first operation not copied."""
+    queue: str | None = None
+    """START: the queue the run waits on (see `aruntime.queues`)."""
+    priority: int | None = None
+    """START: its priority in the queue."""
+    partition_key: str | None = None
+    """START: its partition in the queue."""
     id: int = 0
     """The inbox position the store gave the request (0 before it is posted)."""
 
@@ -226,6 +246,20 @@ class EventStore(Protocol):
 
         Raises:
             ConfigError: `status` is not an ended status.
+        """
+        ...
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+    ) -> Admission:
+        """Admit the waiting runs of `queues` (of the `workflows` named only) that their
+        limits let in now, each run once, and mark them admitted in the index.
+
+        `now` is the caller's clock; a store whose writers share a clock of their own (the
+        database's, on PostgreSQL) uses that instead. See `aruntime.queues`.
+
+        Raises:
+            StoreNotOwnerError: the store is not the owner's.
         """
         ...
 

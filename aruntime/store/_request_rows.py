@@ -37,6 +37,9 @@ _FIELDS = (
     "key",
     "origin",
     "from_step",
+    "queue",
+    "priority",
+    "partition_key",
 )
 _KINDS = {kind.value: kind for kind in RequestKind}
 
@@ -62,7 +65,7 @@ def encode_request(request: Request) -> RequestRow:
     }
     data = json.dumps(fields, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     for name in _FIELDS:
-        if name == "timeout":
+        if name in ("timeout", "priority"):
             continue
         value = fields.get(name)
         if value is not None and not storable_text(value):

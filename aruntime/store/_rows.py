@@ -59,6 +59,7 @@ from aruntime.state import RunStatus
 from aruntime.store._base import RunInfo
 
 __all__ = [
+    "RUN_COLUMNS",
     "EventRow",
     "StoredRow",
     "decode_events",
@@ -348,17 +349,26 @@ def _field_problem(type_name: str, decoder: _Decoder, fields: dict[str, Any]) ->
 _STATUSES = {status.value: status for status in RunStatus}
 
 
+RUN_COLUMNS = (
+    "run_id, workflow, status, version, created_at, updated_at, parked_reason, "
+    "queue, priority, partition_key, admitted_at"
+)
+"""The columns of the runs table that `decode_run` reads, in its order."""
+
+
 def decode_run(row: Sequence[Any]) -> RunInfo:
-    """The run of an index row `(run_id, workflow, status, version, created_at,
-    updated_at, parked_reason)`.
+    """The run of an index row (the `RUN_COLUMNS`, or their first seven).
+
+    A queued run without a partition key has `''` in its `partition_key` column.
 
     Raises:
         StoreCorruptError: the status is not one a run can have.
     """
-    run_id, workflow, status, version, created_at, updated_at, parked_reason = row
+    run_id, workflow, status, version, created_at, updated_at, parked_reason = row[:7]
     run_status = _STATUSES.get(status)
     if run_status is None:
         raise StoreCorruptError(f"the index holds an unknown status {status!r:.40}", run_id=run_id)
+    queue, priority, partition_key, admitted_at = row[7:] if len(row) > 7 else (None, 0, None, None)
     return RunInfo(
         run_id=run_id,
         workflow=workflow,
@@ -367,4 +377,8 @@ def decode_run(row: Sequence[Any]) -> RunInfo:
         created_at=created_at,
         updated_at=updated_at,
         parked_reason=parked_reason,
+        queue=queue,
+        priority=priority or 0,
+        partition_key=partition_key or None,
+        admitted_at=admitted_at,
     )

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+from aruntime._admission import Admission, Waiting, plan, room
 from aruntime.errors import (
     RunActiveError,
     RunNotFoundError,
@@ -24,6 +25,7 @@ from aruntime.errors import (
     StoreCorruptError,
 )
 from aruntime.events import Event, RunStarted, ValuePublished
+from aruntime.queues import Queue
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
@@ -43,11 +45,26 @@ __all__ = ["MemoryStore"]
 class _Row:
     """A run's index entry; version and update time are read off the log itself."""
 
-    __slots__ = ("checksums", "created_at", "log", "parked_reason", "status", "workflow")
+    __slots__ = (
+        "admitted_at",
+        "checksums",
+        "created_at",
+        "log",
+        "parked_reason",
+        "started",
+        "status",
+        "turn",
+        "workflow",
+    )
 
-    def __init__(self, workflow: str, created_at: float) -> None:
-        self.workflow = workflow
-        self.created_at = created_at
+    def __init__(self, started: RunStarted) -> None:
+        self.started = started
+        """The run's first event: its workflow and its place in a queue."""
+        self.workflow = started.workflow
+        self.created_at = started.at
+        self.admitted_at: float | None = None
+        self.turn = 0
+        """The turn its queue admitted it at (see `aruntime._admission`)."""
         self.status = RunStatus.RUNNING
         self.parked_reason: str | None = None
         self.log: list[Event] = []
@@ -55,7 +72,7 @@ class _Row:
         """`checksums[i]` is the checksum of `log[i]` when it was appended."""
 
     def info(self, run_id: str) -> RunInfo:
-        last = self.log[-1]
+        last, started = self.log[-1], self.started
         return RunInfo(
             run_id=run_id,
             workflow=self.workflow,
@@ -64,6 +81,16 @@ class _Row:
             created_at=self.created_at,
             updated_at=last.at,
             parked_reason=self.parked_reason,
+            queue=started.queue,
+            priority=started.priority,
+            partition_key=started.partition_key,
+            admitted_at=self.admitted_at,
+        )
+
+    def waiting(self, run_id: str) -> Waiting:
+        started = self.started
+        return Waiting(
+            run_id, started.priority, started.partition_key or "", (self.created_at, run_id)
         )
 
 
@@ -80,6 +107,8 @@ class MemoryStore:
         self._inbox: dict[int, Request] = {}
         self._ids = itertools.count(1)
         self._owner_info: OwnerInfo | None = None
+        self._turns: dict[str, int] = {}
+        """Each queue's last turn (see `aruntime._admission`)."""
         self._changes = ChangeSignal()
 
     @property
@@ -109,7 +138,7 @@ class MemoryStore:
             if row is None:
                 first = events[0]
                 assert isinstance(first, RunStarted)
-                row = self._rows[run_id] = _Row(first.workflow, first.at)
+                row = self._rows[run_id] = _Row(first)
             row.log.extend(events)
             row.checksums.extend(checksums)
             status = row.status
@@ -231,6 +260,52 @@ class MemoryStore:
         if doomed:
             self._changes.bump()
         return len(doomed)
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+    ) -> Admission:
+        admission = Admission()
+        async with self._lock:
+            for name, queue in queues.items():
+                admission.merge(self._admit(name, queue, workflows, now))
+        if admission.admitted:
+            self._changes.bump()
+        return admission
+
+    def _admit(self, name: str, queue: Queue, workflows: Collection[str], now: float) -> Admission:
+        rows = [(run_id, row) for run_id, row in self._rows.items() if row.started.queue == name]
+        admitted = [row for _, row in rows if row.admitted_at is not None]
+        space, wait = room(
+            queue,
+            sum(1 for row in admitted if not row.status.terminal),
+            [row.admitted_at for row in admitted if row.admitted_at is not None],
+            now,
+        )
+        if space <= 0:
+            return Admission(wait=wait)
+        served: dict[str, int] = {}
+        for row in admitted:
+            key = row.started.partition_key or ""
+            served[key] = max(served.get(key, 0), row.turn)
+        decided = plan(
+            space,
+            wait,
+            waiting=[
+                row.waiting(run_id)
+                for run_id, row in rows
+                if row.admitted_at is None
+                and not row.status.terminal
+                and row.parked_reason is None
+                and row.workflow in workflows
+            ],
+            served=served,
+            last_turn=self._turns.get(name, 0),
+        )
+        for run_id, turn in decided.admitted:
+            row = self._rows[run_id]
+            row.admitted_at, row.turn = now, turn
+            self._turns[name] = turn
+        return decided
 
     async def set_owner_info(self, info: OwnerInfo | None) -> None:
         self._owner_info = info
