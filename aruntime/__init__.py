@@ -51,6 +51,8 @@ from aruntime.errors import StepTimeout as StepTimeout
 from aruntime.errors import StoreError as StoreError
 from aruntime.errors import UnknownWorkflowError as UnknownWorkflowError
 from aruntime.errors import UntrackedTaskError as UntrackedTaskError
+from aruntime.queues import Queue as Queue
+from aruntime.queues import Rate as Rate
 from aruntime.retry import RetryPolicy as RetryPolicy
 from aruntime.runtime import RunHandle as RunHandle
 from aruntime.runtime import Runtime as Runtime
@@ -82,6 +84,8 @@ __all__ = [
     "MemoryStore",
     "NonDeterminismError",
     "NonRetryableError",
+    "Queue",
+    "Rate",
     "RestartBudget",
     "RetryAfter",
     "RetryPolicy",

@@ -379,6 +379,8 @@ def _print_state(info: RunInfo, state: RunState) -> None:
         print(line)
     if info.parked_reason is not None:
         print(f"parked    {info.parked_reason}")
+    if info.queue is not None:
+        print(f"queue     {_placement(info)}")
     if state.result is not None:
         print(f"result    {_cut(state.result)}")
     if state.error_type is not None:
@@ -465,6 +467,8 @@ def _status(info: RunInfo, owner: OwnerInfo | None = None) -> str:
         and info.workflow not in owner.workflows
     ):
         return "waiting for a runtime that knows its workflow"
+    if info.status is RunStatus.RUNNING and info.queued:
+        return f"queued ({info.queue})"
     return info.status.value
 
 
@@ -491,7 +495,19 @@ def _info_json(info: RunInfo, parent: str | None = None) -> dict[str, Any]:
         "version": info.version,
         "created_at": _iso(info.created_at),
         "updated_at": _iso(info.updated_at),
+        "queue": info.queue,
+        "priority": info.priority,
+        "partition_key": info.partition_key,
+        "admitted_at": _iso(info.admitted_at),
     }
+
+
+def _placement(info: RunInfo) -> str:
+    where = [f"priority {info.priority}"]
+    if info.partition_key is not None:
+        where.append(f"partition {info.partition_key!r}")
+    admitted = "waiting" if info.admitted_at is None else f"admitted {_local(info.admitted_at)}"
+    return f"{info.queue} ({', '.join(where)}), {admitted}"
 
 
 def _state_json(state: RunState) -> dict[str, Any]:

@@ -105,6 +105,9 @@ def add_runs_commands(runs_commands: Any, common: argparse.ArgumentParser, db_he
         "--args", type=_json_list, default=[], metavar="JSON", help="a JSON list of arguments"
     )
     start.add_argument("--run-id", dest="new_id", metavar="ID", help="the run's id (random)")
+    start.add_argument("--queue", metavar="NAME", help="the queue it waits on until admitted")
+    start.add_argument("--priority", type=int, metavar="N", help="its priority (lower first)")
+    start.add_argument("--partition-key", metavar="KEY", help="its partition in the queue")
     start.set_defaults(handler=lambda a: _with_client(a, _start))
     send = runs_commands.add_parser("send", parents=[common], help="send a run a message")
     send.add_argument("run_id", metavar="RUN_ID")
@@ -239,8 +242,16 @@ def _json_list(text: str) -> list[Any]:
 
 async def _start(client: Client, args: argparse.Namespace) -> int:
     args.run_id = args.new_id
-    handle = await client.start(args.workflow, *args.args, run_id=args.new_id)
-    print(f"run {handle.run_id} of {args.workflow} requested")
+    handle = await client.start(
+        args.workflow,
+        *args.args,
+        run_id=args.new_id,
+        queue=args.queue,
+        priority=args.priority,
+        partition_key=args.partition_key,
+    )
+    where = "" if args.queue is None else f" on queue {args.queue}"
+    print(f"run {handle.run_id} of {args.workflow} requested{where}")
     return 0
 
 

@@ -121,6 +121,10 @@ class Fleet:
         finally:
             self._store.on_lost = None
 
+    def wake(self) -> None:
+        """Look for runnable runs (and admit queued ones) soon."""
+        self._store.wake_claims()
+
     def stop_claiming(self) -> None:
         """Claim no more runs (the runtime is closing); the heartbeat goes on renewing the
         leases of the runs that finish their steps meanwhile."""

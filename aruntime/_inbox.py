@@ -72,6 +72,7 @@ class Inbox:
         find_workflow: Callable[[str], Workflow[..., Any] | None],
         cancel: Callable[[str, str | None, int], Awaitable[object]],
         resume: Callable[[str, int], Awaitable[None]],
+        queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -79,6 +80,7 @@ class Inbox:
         self._find_workflow = find_workflow
         self._cancel = cancel
         self._resume = resume
+        self._queued = queued
         self.applied = 0
         """Requests applied since the runtime opened."""
         self._mail_seen = 0
@@ -161,6 +163,9 @@ class Inbox:
             args=request.args if request.args is not None else NO_ARGS,
             deadline=None if request.timeout is None else now + request.timeout,
             parent=request.parent,
+            queue=request.queue,
+            priority=request.priority or 0,
+            partition_key=request.partition_key,
         )
         await self._record(request, event, [event])
 
@@ -188,9 +193,13 @@ class Inbox:
         await self._record(request, first, copied)
 
     async def _record(self, request: Request, event: RunStarted, events: list[Any]) -> None:
-        """Consume a start or a fork with the log it begins, and run the new run here."""
+        """Consume a start or a fork with the log it begins, and run the new run here
+        (once its queue admits it, if it was started on one)."""
         run_id, name = request.run_id, event.workflow
         known = self._find_workflow(name) is not None
+        if event.queue is not None:
+            known = False  # it runs when it is admitted, not now
+            self._queued()
         try:
             await self._store.consume(request.id, run_id, events, 0)
         except ConcurrencyError:  # the run exists: a start is idempotent
@@ -206,10 +215,10 @@ class Inbox:
             if known:
                 self._supervisor.spawn(run_id)
             raise
-        logger.info("run.started", run_id=run_id, workflow=name, by="inbox")
+        logger.info("run.started", run_id=run_id, workflow=name, by="inbox", queue=event.queue)
         if known:
             state = RunState()
             fold_into(state, events)
             self._supervisor.spawn(run_id, state)
-        else:
+        elif event.queue is None:
             logger.info("run.left_for_another_runtime", run_id=run_id, workflow=name)

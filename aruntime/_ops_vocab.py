@@ -18,6 +18,7 @@ from aruntime import _runner_ops
 from aruntime._context import current_branch
 from aruntime._definitions import Workflow
 from aruntime.errors import ConfigError
+from aruntime.queues import Queue, check_placement
 
 if TYPE_CHECKING:
     from aruntime._runner import Runner
@@ -95,6 +96,9 @@ async def start_child(
     /,
     *args: Any,
     run_id: str | None = None,
+    queue: Queue | str | None = None,
+    priority: int | None = None,
+    partition_key: str | None = None,
     **kwargs: Any,
 ) -> _ChildHandle[R]:
     """Start a run of `workflow` as this run's child; await the handle for its result.
@@ -104,9 +108,17 @@ async def start_child(
     identity, so a replay adopts the same child. Awaiting the handle raises
     `RunFailedError` when the child failed, `RunCancelledError` when it was cancelled.
     Cancelling this run cancels its unfinished children.
+
+    With `queue` (and `priority`, `partition_key`), the child waits for that queue to
+    admit it, as `Runtime.start` on a queue. A parent that holds a place in the same
+    queue keeps it while it waits: a queue of concurrency 1 would then never admit the
+    child.
     """
     runner = _runner("aruntime.start_child")
-    handle = await _runner_ops.start_child(runner, workflow, args, kwargs, run_id)
+    placement = check_placement(queue, priority, partition_key)
+    handle = await _runner_ops.start_child(
+        runner, workflow, args, kwargs, run_id, placement=placement
+    )
     return cast("_ChildHandle[R]", handle)
 
 
@@ -115,10 +127,21 @@ async def run_child(
     /,
     *args: Any,
     run_id: str | None = None,
+    queue: Queue | str | None = None,
+    priority: int | None = None,
+    partition_key: str | None = None,
     **kwargs: Any,
 ) -> R:
     """Start a child run of `workflow` and wait for its result (see `start_child`)."""
-    handle = await start_child(workflow, *args, run_id=run_id, **kwargs)
+    handle = await start_child(
+        workflow,
+        *args,
+        run_id=run_id,
+        queue=queue,
+        priority=priority,
+        partition_key=partition_key,
+        **kwargs,
+    )
     return await handle
 
 

@@ -392,8 +392,11 @@ async def start_child(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     run_id: str | None,
+    *,
+    placement: tuple[str | None, int, str | None] = (None, 0, None),
 ) -> ChildHandle:
-    """Start a child run (recorded first), or adopt the one the log names."""
+    """Start a child run (recorded first), or adopt the one the log names; `placement`
+    is its `(queue, priority, partition_key)`."""
     from aruntime._definitions import Workflow  # noqa: PLC0415 - a cycle through runtime
     from aruntime.runtime import check_run_id  # noqa: PLC0415 - a cycle through runtime
 
@@ -429,7 +432,7 @@ async def start_child(
         ):
             # Recorded, but the start may not have left before a crash: ask again (a
             # start of an existing run id changes nothing).
-            await _post_start(runner, workflow, child, args, kwargs)
+            await _post_start(runner, workflow, child, args, kwargs, placement=placement)
         return ChildHandle(runner, identity, workflow, child)
     await runner._hold(branch)
     if isinstance(action, Cancel):
@@ -441,7 +444,7 @@ async def start_child(
     await runner._append(
         ChildStarted, position=position, child=child, workflow=workflow.name, branch=branch.path
     )
-    await _post_start(runner, workflow, child, args, kwargs)
+    await _post_start(runner, workflow, child, args, kwargs, placement=placement)
     logger.info("child.started", run_id=runner.run_id, child=child, workflow=workflow.name)
     return ChildHandle(runner, identity, workflow, child)
 
@@ -476,7 +479,10 @@ async def _post_start(
     child: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
+    placement: tuple[str | None, int, str | None],
 ) -> None:
+    queue, priority, partition_key = placement
     await _io(
         runner,
         runner._store.post(
@@ -487,6 +493,9 @@ async def _post_start(
                 workflow=workflow.name,
                 args=encode_start_args(runner._serializer, workflow, child, args, kwargs),
                 parent=runner.run_id,
+                queue=queue,
+                priority=None if queue is None else priority,
+                partition_key=partition_key,
             ),
         ),
     )

@@ -33,6 +33,7 @@ from aruntime.errors import (
     SerializationError,
 )
 from aruntime.events import RunCancelled, RunCompleted, RunFailed, RunStarted
+from aruntime.queues import Queue, check_placement
 from aruntime.runtime import _failure, check_run_id
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, fold_into, replay
@@ -117,6 +118,9 @@ class Client:
         *args: Any,
         run_id: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the run's recorded deadline
+        queue: Queue | str | None = None,
+        priority: int | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> ClientHandle[R]:
         """Ask for a run of `workflow` (a `@workflow` or its registered name).
@@ -130,9 +134,13 @@ class Client:
             run_id: the run's name and idempotency key; random when None. Starting an
                 existing run id again returns that run.
             timeout: seconds from the run's start after which it is cancelled.
+            queue: the queue (or its name) the run waits on until it is admitted; a
+                runtime that declares the queue admits it (see `aruntime.queues`).
+            priority: its priority in the queue (lower numbers first; default 0).
+            partition_key: its partition in the queue (partitions take turns).
 
         Raises:
-            InvalidRunIdError, ConfigError: a bad run id, workflow or timeout.
+            InvalidRunIdError, ConfigError: a bad run id, workflow, timeout or placement.
             RunIdConflictError: the id names an existing run, or a start waiting in the
                 inbox, of another workflow or with other arguments.
             SerializationError: the arguments cannot be serialized (nothing is recorded).
@@ -141,6 +149,7 @@ class Client:
         name, typed = _workflow_name(workflow)
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         check_timeout(timeout)
+        queue_name, priority, partition_key = check_placement(queue, priority, partition_key)
         encoded = encode_start_args(self.serializer, typed, run_id, args, dict(kwargs))
         if not await self._same_start(run_id, name, encoded):
             await self.store.post(
@@ -151,6 +160,9 @@ class Client:
                     workflow=name,
                     args=encoded,
                     timeout=None if timeout is None else float(timeout),
+                    queue=queue_name,
+                    priority=priority if queue_name is not None else None,
+                    partition_key=partition_key,
                 )
             )
         return ClientHandle(self, run_id, typed)

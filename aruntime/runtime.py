@@ -22,6 +22,7 @@ from aruntime._definitions import (
 from aruntime._fleet import Fleet, shared_store
 from aruntime._inbox import Inbox
 from aruntime._log import logger
+from aruntime._queueing import Admitter
 from aruntime._runner import check_same_start, convert_result, encode_start_args
 from aruntime._runner_ops import cancel_children_of
 from aruntime._supervisor import RestartBudget, Supervisor, SupervisorStats
@@ -47,6 +48,7 @@ from aruntime.events import (
     RunResumed,
     RunStarted,
 )
+from aruntime.queues import Queue, check_placement, queues_by_name, registered_queues
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
 from aruntime.store import (
@@ -130,6 +132,8 @@ class Runtime:
             fresh in-memory store. A store object is opened but not closed by the runtime.
         workflows: the workflows this runtime runs; default, every `@workflow` declared in
             the process.
+        queues: the queues whose waiting runs this runtime admits (see `aruntime.queues`);
+            default, every `Queue` made in the process.
         clock: where time comes from (tests pass a fake one).
         serializer: how arguments and results become text (default: strict JSON).
         random: uniform [0, 1) source for retry jitter.
@@ -141,6 +145,7 @@ class Runtime:
         store: EventStore | str | None = None,
         *,
         workflows: Iterable[Workflow[..., Any]] | None = None,
+        queues: Iterable[Queue] | None = None,
         clock: Clock | None = None,
         serializer: Serializer | None = None,
         random: Callable[[], float] | None = None,
@@ -162,6 +167,7 @@ class Runtime:
                 if not isinstance(wf, Workflow):
                     raise ConfigError(f"not a @workflow: {wf!r}")
                 self._workflows[wf.name] = wf
+        self._queues: dict[str, Queue] | None = None if queues is None else queues_by_name(queues)
         self.clock: Clock = clock or SystemClock()
         self.serializer: Serializer = serializer or JsonSerializer()
         self._random = random or _random.Random().random
@@ -173,6 +179,7 @@ class Runtime:
         self._inbox_task: asyncio.Task[None] | None = None
         self._fleet: Fleet | None = None
         self._fleet_task: asyncio.Task[None] | None = None
+        self._admitter: Admitter | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -187,6 +194,8 @@ class Runtime:
                 "process, use aruntime.Client(url)"
             )
         await self.store.open()
+        if self._queues is None:
+            self._queues = registered_queues()
         group = asyncio.TaskGroup()
         await group.__aenter__()
         self._group = group
@@ -213,8 +222,18 @@ class Runtime:
                 if self.config.resume_on_start:
                     await fleet.claim_now()
                 self._fleet_task = group.create_task(fleet.serve(), name="aruntime fleet")
-            elif self.config.resume_on_start:
-                await self._resume_unfinished()
+            else:
+                if self.config.resume_on_start:
+                    await self._resume_unfinished()
+                if self._queues:
+                    admitter = self._admitter = Admitter(
+                        store=self.store,
+                        clock=self.clock,
+                        queues=self._queues,
+                        workflows=self._known_workflows(),
+                        spawn=self._supervisor.spawn,
+                    )
+                    group.create_task(admitter.serve(), name="aruntime admissions")
             inbox = Inbox(
                 store=self.store,
                 clock=self.clock,
@@ -224,6 +243,7 @@ class Runtime:
                     run_id, reason=reason, _request=request
                 ),
                 resume=lambda run_id, request: self.resume(run_id, _request=request),
+                queued=self._queued,
             )
             self._inbox_task = group.create_task(inbox.serve(), name="aruntime inbox")
         except BaseException as exc:
@@ -247,6 +267,8 @@ class Runtime:
             self._inbox_task.cancel()
         if self._fleet_task is not None:
             self._fleet_task.cancel()
+        if self._admitter is not None:
+            self._admitter.stop()
         try:
             if exc is None or isinstance(exc, asyncio.CancelledError):
                 await group.__aexit__(exc_type, exc, tb)
@@ -297,6 +319,8 @@ class Runtime:
             self._inbox_task.cancel()
         if self._fleet is not None:
             self._fleet.stop_claiming()
+        if self._admitter is not None:
+            self._admitter.stop()
         supervisor.drain()
         clock = self.clock
         deadline = clock.monotonic() + grace
@@ -305,7 +329,11 @@ class Runtime:
 
     async def _resume_unfinished(self) -> None:
         supervisor = self._require_supervisor()
-        infos = await self.store.list_runs(status=RunStatus.RUNNING, parked=False)
+        infos = [  # a queued run waits for its admission
+            info
+            for info in await self.store.list_runs(status=RunStatus.RUNNING, parked=False)
+            if not info.queued
+        ]
         resumed = [info for info in infos if self._find_workflow(info.workflow) is not None]
         for info in resumed:
             supervisor.spawn(info.run_id)
@@ -327,6 +355,9 @@ class Runtime:
         *args: Any,
         run_id: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the run's recorded deadline
+        queue: Queue | str | None = None,
+        priority: int | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> RunHandle[R]:
         """Start a run of `workflow` with `args` and `kwargs`, or find the existing one.
@@ -335,7 +366,12 @@ class Runtime:
             run_id: the run's name and idempotency key; a random id when None. Starting an
                 id again with the same workflow and arguments returns the existing run.
             timeout: seconds from now after which the run is cancelled with the reason
-                `timeout`; the deadline is recorded with the run and holds across restarts.
+                `timeout`; the deadline is recorded with the run and holds across restarts
+                (a run waiting in a queue counts its wait).
+            queue: a queue this runtime declares (or its name): the run is recorded at once
+                and executed when the queue admits it (see `aruntime.queues`).
+            priority: its priority in the queue (lower numbers first; default 0).
+            partition_key: its partition in the queue (partitions take turns).
 
         Raises:
             InvalidRunIdError: the run id is unusable.
@@ -343,9 +379,12 @@ class Runtime:
             SerializationError: the arguments cannot be serialized (nothing is recorded).
             StoreError: the store failed. The run may be recorded all the same; if it is,
                 this runtime runs it, and starting the id again returns it.
-            ConfigError: the runtime is not open, or closed while the run was started.
+            ConfigError: the runtime is not open, or closed while the run was started; a
+                placement is unusable, or names a queue this runtime does not declare.
         """
         supervisor = self._require_supervisor()
+        queue_name, priority, partition_key = check_placement(queue, priority, partition_key)
+        self._check_declared(queue, queue_name)
         if not isinstance(workflow, Workflow):
             raise ConfigError(f"start() needs a @workflow, got {workflow!r}")
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
@@ -363,6 +402,9 @@ class Runtime:
             workflow=workflow.name,
             args=encoded,
             deadline=None if timeout is None else now + timeout,
+            queue=queue_name,
+            priority=priority,
+            partition_key=partition_key,
         )
         try:
             await self.store.append(run_id, (event,), 0)
@@ -371,18 +413,52 @@ class Runtime:
         except (StoreError, asyncio.CancelledError):
             # The append may have been committed all the same (its acknowledgement was
             # lost): a task reads the log and runs the run if it is there, ends if not.
-            supervisor.spawn(run_id)
+            if queue_name is None:
+                supervisor.spawn(run_id)
+            else:
+                self._queued()
             raise
         if supervisor.closing:
             raise ConfigError(
                 f"the runtime closed while run {run_id!r} was being started; the run is "
                 "recorded and resumes when a runtime opens this store again"
             )
+        logger.info("run.started", run_id=run_id, workflow=workflow.name, queue=queue_name)
+        if queue_name is not None:
+            self._queued()
+            return RunHandle(self, run_id, workflow)
         state = RunState()
         fold_into(state, (event,))
-        logger.info("run.started", run_id=run_id, workflow=workflow.name)
         supervisor.spawn(run_id, state)
         return RunHandle(self, run_id, workflow)
+
+    def _check_declared(self, queue: Queue | str | None, name: str | None) -> None:
+        """Refuse a queue this runtime does not admit from, or declares with other limits.
+
+        Raises:
+            ConfigError: as said.
+        """
+        if name is None:
+            return
+        declared = (self._queues or {}).get(name)
+        if declared is None:
+            raise ConfigError(
+                f"queue {name!r} is not declared in this runtime, so nothing here would "
+                f"admit its runs: make aruntime.Queue({name!r}, ...) before the runtime "
+                "opens, or pass it in Runtime(queues=[...])"
+            )
+        if isinstance(queue, Queue) and not queue.same_limits(declared):
+            raise ConfigError(
+                f"queue {name!r} is declared here with concurrency={declared.concurrency!r}, "
+                f"rate={declared.rate!r}, not the limits of the Queue passed"
+            )
+
+    def _queued(self) -> None:
+        """A run waits for its queue now: look at what may be admitted."""
+        if self._admitter is not None:
+            self._admitter.wake()
+        elif self._fleet is not None:
+            self._fleet.wake()
 
     async def _existing(
         self, run_id: str, workflow: Workflow[..., R], encoded: str
@@ -436,7 +512,11 @@ class Runtime:
             await self._record_resumed(run_id, info.parked_reason or "", _request)
         if info.parked:
             await self.store.unpark(run_id)
-        if not info.status.terminal and self._find_workflow(info.workflow) is not None:
+        if info.status.terminal or self._find_workflow(info.workflow) is None:
+            return
+        if info.queued:
+            self._queued()  # it runs when its queue admits it
+        else:
             supervisor.spawn(run_id)
 
     async def _record_resumed(self, run_id: str, reason: str, request: int = 0) -> None:
@@ -565,6 +645,8 @@ class Runtime:
         return lookup_workflow(name)
 
     def _run_exited(self, run_id: str, final: RunState | None) -> None:
+        if final is None or final.queue is not None:  # its place in a queue may be free
+            self._queued()
         for waiter in self._waiters.pop(run_id, ()):
             if not waiter.done():
                 waiter.set_result(final)

@@ -220,6 +220,8 @@ class RunState(msgspec.Struct):
     """The run this one is a fork of, if any."""
     forked_at: str | None = None
     """The identity of the operation the fork resumed from."""
+    queue: str | None = None
+    """The queue the run was admitted through, if it was started on one."""
     cancel_reason: str | None = None
     """Why the run's cancellation was requested; None while nobody asked."""
     started_at: float | None = None
@@ -333,6 +335,7 @@ def _run_started(state: RunState, event: RunStarted) -> None:
     state.parent = event.parent
     state.forked_from = event.forked_from
     state.forked_at = event.forked_at
+    state.queue = event.queue
     state.status = RunStatus.RUNNING
     state.started_at = event.at
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar
 
+from aruntime._admission import Admission
 from aruntime.errors import StoreError
 from aruntime.events import Event
+from aruntime.queues import Queue
 from aruntime.runtime import Runtime
 from aruntime.state import RunState, RunStatus
 from aruntime.store import EventStore, OwnerInfo, Request, RequestKind, RunInfo
@@ -168,6 +170,11 @@ class StoreWrapper:
 
     async def prune(self, *, older_than: float, status: RunStatus | None = None) -> int:
         return await self.inner.prune(older_than=older_than, status=status)
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+    ) -> Admission:
+        return await self.inner.admit(queues, workflows, now)
 
     async def set_owner_info(self, info: OwnerInfo | None) -> None:
         await self.inner.set_owner_info(info)

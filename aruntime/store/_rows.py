@@ -349,6 +349,14 @@ def _field_problem(type_name: str, decoder: _Decoder, fields: dict[str, Any]) ->
 _STATUSES = {status.value: status for status in RunStatus}
 
 
+def placement(first: Event) -> tuple[str | None, int, str | None]:
+    """The `(queue, priority, partition_key)` columns of a run whose log begins with
+    `first` (`''` for the key of a queued run without one, so that it compares equal)."""
+    if type(first) is not RunStarted or first.queue is None:
+        return (None, 0, None)
+    return (first.queue, first.priority, first.partition_key or "")
+
+
 RUN_COLUMNS = (
     "run_id, workflow, status, version, created_at, updated_at, parked_reason, "
     "queue, priority, partition_key, admitted_at"

@@ -17,7 +17,7 @@ from aruntime.errors import RunActiveError, RunNotFoundError
 from aruntime.state import RunStatus
 from aruntime.store._base import OwnerInfo, Request, RunInfo
 from aruntime.store._request_rows import RequestRow, decode_request
-from aruntime.store._rows import decode_run
+from aruntime.store._rows import RUN_COLUMNS, decode_run
 
 __all__ = [
     "delete_request",
@@ -30,7 +30,6 @@ __all__ = [
     "write_owner",
 ]
 
-_RUN_COLUMNS = "run_id, workflow, status, version, created_at, updated_at, parked_reason"
 _ENDED = tuple(s.value for s in RunStatus if s.terminal)
 _OWNER_KEY = "owner"
 
@@ -110,7 +109,7 @@ def read_runs_by_id(conn: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
     for start in range(0, len(unique), 500):  # under SQLite's limit of bound parameters
         chunk = unique[start : start + 500]
         marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN ({marks})"
+        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id IN ({marks})"
         found += [decode_run(row) for row in conn.execute(sql, chunk)]
     return found
 

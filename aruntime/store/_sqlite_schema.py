@@ -2,14 +2,16 @@
 
 Everything here runs on the store's own threads, never on the event loop.
 
-Schema (version 3)::
+Schema (version 4)::
 
     meta   (key PRIMARY KEY, value)             application name, schema version, owner
     runs   (id INTEGER PRIMARY KEY, run_id UNIQUE, workflow, status, version,
-            created_at, updated_at, parked_reason)
+            created_at, updated_at, parked_reason, queue, priority, partition_key,
+            admitted_at, admit_turn)
     events (id INTEGER PRIMARY KEY, run_id, sequence, type, at, data, checksum)
             UNIQUE (run_id, sequence)
     inbox  (id INTEGER PRIMARY KEY AUTOINCREMENT, kind, run_id, at, data, checksum)
+    queues (name PRIMARY KEY, last_turn)
 
 `runs` is the index of runs, written in the same transaction as the events it summarises
 so that listing runs never replays a log; `id` keeps creation order. Events are stored in
@@ -24,6 +26,8 @@ version 1 have none (NULL) and read as they always did. `inbox` (version 3) hold
 requests that clients post (start, cancel, resume a run) until the owning runtime consumes
 them, in `id` order; AUTOINCREMENT keeps an id from ever being given twice, so the order
 holds across deletions. Its rows carry a checksum too (`aruntime.store._request_rows`).
+The queue columns of `runs` and the `queues` table (version 4) hold each queued run's
+place and admission and each queue's last turn (`aruntime._admission`).
 
 A file records its schema version in `meta`. Opening a file of an older version for
 writing migrates it in one transaction; a newer version raises `StoreVersionError` and
@@ -58,7 +62,7 @@ from aruntime.events import Event
 from aruntime.state import RunStatus
 from aruntime.store import _sqlite_files as files
 from aruntime.store._base import RunInfo
-from aruntime.store._rows import decode_events, decode_run
+from aruntime.store._rows import RUN_COLUMNS, decode_events, decode_run
 
 __all__ = [
     "INSERT_EVENTS",
@@ -94,6 +98,15 @@ _INBOX_TABLE = """CREATE TABLE {name} (
     checksum INTEGER NOT NULL
 )"""
 
+_QUEUES_TABLE = (
+    "CREATE TABLE {name} (name TEXT PRIMARY KEY, last_turn INTEGER NOT NULL) WITHOUT ROWID"
+)
+_RUNS_AS_CURRENT = (
+    "CREATE TEMP VIEW runs AS SELECT *, NULL AS queue, 0 AS priority, NULL AS partition_key, "
+    "NULL AS admitted_at, NULL AS admit_turn FROM main.runs"
+)
+"""How a read-only connection reads the runs of a file older than queues."""
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: the first schema.
     (
@@ -124,6 +137,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE events ADD COLUMN checksum INTEGER",),
     # 2 -> 3: the inbox of requests from other processes; a new table, so instant too.
     (_INBOX_TABLE.format(name="inbox"), "CREATE INDEX inbox_by_run ON inbox (run_id)"),
+    # 3 -> 4: queues. Nullable columns and partial indexes over rows that no older file
+    # has (their queue is NULL), so this one is instant too.
+    (
+        "ALTER TABLE runs ADD COLUMN queue TEXT",
+        "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN partition_key TEXT",
+        "ALTER TABLE runs ADD COLUMN admitted_at REAL",
+        "ALTER TABLE runs ADD COLUMN admit_turn INTEGER",
+        "CREATE INDEX runs_by_queue ON runs (queue, status, admitted_at) WHERE queue IS NOT NULL",
+        "CREATE INDEX runs_by_turn ON runs (queue, partition_key, admit_turn) "
+        "WHERE admit_turn IS NOT NULL",
+        _QUEUES_TABLE.format(name="queues"),
+    ),
 )
 """`_MIGRATIONS[v]` takes a file from schema version `v` to `v + 1`."""
 
@@ -169,8 +195,9 @@ INSERT_EVENTS = BulkStatement(
     "INSERT INTO events (run_id, sequence, type, at, data, checksum) VALUES {values}", 6
 )
 INSERT_RUNS = BulkStatement(
-    "INSERT INTO runs (run_id, workflow, status, version, created_at, updated_at) VALUES {values}",
-    6,
+    "INSERT INTO runs (run_id, workflow, status, version, created_at, updated_at, queue, "
+    "priority, partition_key) VALUES {values}",
+    9,
 )
 MOVE_RUNS = BulkStatement(
     "WITH moved (version, updated_at, run_id) AS (VALUES {values}) "
@@ -188,7 +215,6 @@ MOVE_RUNS_STATUS = BulkStatement(
     single="UPDATE runs SET status = ?, version = ?, updated_at = ? WHERE run_id = ?",
 )
 _PARK_RUN = "UPDATE runs SET parked_reason = ? WHERE run_id = ?"
-_RUN_COLUMNS = "run_id, workflow, status, version, created_at, updated_at, parked_reason"
 
 
 def stored_version(conn: sqlite3.Connection, run_id: str) -> int:
@@ -213,7 +239,7 @@ def read_events(conn: sqlite3.Connection, path: Path, run_id: str, after: int) -
 
 def read_run(conn: sqlite3.Connection, run_id: str) -> RunInfo | None:
     """The run's index row, or None."""
-    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    row = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     return None if row is None else decode_run(row)
 
 
@@ -239,7 +265,7 @@ def read_runs(  # noqa: PLR0917 - called with positional arguments by the reader
         params.append(status.value)
     if parked is not None:
         clauses.append("parked_reason IS NOT NULL" if parked else "parked_reason IS NULL")
-    sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+    sql = f"SELECT {RUN_COLUMNS} FROM runs"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     sql += " ORDER BY id"
@@ -382,8 +408,10 @@ _READ_AS_CURRENT: dict[int, tuple[str, ...]] = {
         "CREATE TEMP VIEW events AS SELECT id, run_id, sequence, type, at, data, "
         "NULL AS checksum FROM main.events",
         _INBOX_TABLE.format(name="temp.inbox"),
+        _RUNS_AS_CURRENT,
     ),
-    2: (_INBOX_TABLE.format(name="temp.inbox"),),  # an empty inbox: nothing was posted
+    2: (_INBOX_TABLE.format(name="temp.inbox"), _RUNS_AS_CURRENT),  # nothing was posted
+    3: (_RUNS_AS_CURRENT,),
 }
 """For each older version a read-only connection can read: how it reads it as current."""
 

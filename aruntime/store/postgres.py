@@ -769,6 +769,10 @@ class PostgresStore:
         )
         return due
 
+    def wake_claims(self) -> None:
+        """End the current `wait_runnable` now."""
+        self._runnable.set()
+
     async def wait_runnable(self, timeout: float, *, room: bool = False) -> None:  # noqa: ASYNC109 - a bounded wait is the method's purpose
         """Wait until a notification says runs may be claimable (or, with `room`, a run
         held here ended), or `timeout` seconds."""

@@ -52,12 +52,13 @@ import queue
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
+from aruntime._admission import Admission
 from aruntime.errors import (
     AruntimeError,
     ConcurrencyError,
@@ -69,8 +70,10 @@ from aruntime.errors import (
     StoreReadOnlyError,
 )
 from aruntime.events import Event, RunStarted
+from aruntime.queues import Queue
 from aruntime.state import RunStatus
 from aruntime.store import _sqlite_inbox as inbox
+from aruntime.store import _sqlite_queues as queue_admission
 from aruntime.store import _sqlite_schema as schema
 from aruntime.store._base import (
     OwnerInfo,
@@ -82,7 +85,7 @@ from aruntime.store._base import (
     status_after,
 )
 from aruntime.store._request_rows import encode_request
-from aruntime.store._rows import EventRow, encode_events
+from aruntime.store._rows import EventRow, encode_events, placement
 from aruntime.store._sqlite_files import check_writable
 from aruntime.store._sqlite_watch import Watcher
 
@@ -317,6 +320,7 @@ class SqliteStore:
             last.sequence,
             last.at,
             consume,
+            placement(first) if expected_sequence == 0 else _NOWHERE,
         )
         writer.jobs.put(job)
         future = job.future
@@ -398,6 +402,14 @@ class SqliteStore:
         check_prune_status(status)
         removed: int = await self._write(None, inbox.prune_runs, float(older_than), status)
         return removed
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+    ) -> Admission:
+        self._owners_writer("admit queued runs")
+        if not queues:
+            return Admission()
+        return await self._write(None, queue_admission.admit, dict(queues), set(workflows), now)
 
     async def set_owner_info(self, info: OwnerInfo | None) -> None:
         self._owners_writer("record the owner")
@@ -497,6 +509,8 @@ class _Append(NamedTuple):
     last_at: float
     consume: int | None = None
     """The inbox request this append consumes in its transaction, if any."""
+    placement: tuple[str | None, int, str | None] = (None, 0, None)
+    """A new run's `(queue, priority, partition_key)` columns."""
 
 
 class _Call(NamedTuple):
@@ -509,6 +523,9 @@ class _Call(NamedTuple):
 
 
 _Job: TypeAlias = _Append | _Call
+
+
+_NOWHERE: tuple[str | None, int, str | None] = (None, 0, None)
 
 
 def _encoded(job: _Append) -> list[EventRow]:
@@ -529,6 +546,7 @@ def _merged(earlier: _Append, later: _Append) -> _Append:
         expected=earlier.expected,
         workflow=earlier.workflow,
         created_at=earlier.created_at,
+        placement=earlier.placement,
         status=later.status if later.status is not None else earlier.status,
     )
 
@@ -913,6 +931,7 @@ class _Writer(_Thread):
                         job.last_sequence,
                         job.created_at,
                         job.last_at,
+                        *job.placement,
                     )
                 )
             elif status is None:

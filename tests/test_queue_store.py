@@ -1,0 +1,172 @@
+"""The store contract of queue admission (`EventStore.admit`), on every store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aruntime.events import RunCancelled, RunCompleted, RunStarted
+from aruntime.queues import Queue, Rate
+from aruntime.store import EventStore
+
+FLOW = frozenset({"flow"})
+
+
+def queued(
+    run_id: str,
+    at: float,
+    *,
+    queue: str = "q",
+    priority: int = 0,
+    key: str | None = None,
+    workflow: str = "flow",
+) -> RunStarted:
+    return RunStarted(
+        sequence=1,
+        at=at,
+        run_id=run_id,
+        workflow=workflow,
+        args="[[],{}]",
+        queue=queue,
+        priority=priority,
+        partition_key=key,
+    )
+
+
+async def add(store: EventStore, *runs: RunStarted) -> None:
+    for run in runs:
+        await store.append(run.run_id, [run], 0)
+
+
+async def end(store: EventStore, run_id: str) -> None:
+    info = await store.get_run(run_id)
+    assert info is not None
+    event = RunCompleted(sequence=info.version + 1, at=time.time(), result="null")
+    await store.append(run_id, [event], info.version)
+
+
+async def admit(store: EventStore, queue: Queue) -> list[str]:
+    return (await store.admit({queue.name: queue}, FLOW, time.time())).run_ids
+
+
+async def test_a_queue_admits_up_to_its_concurrency(store: EventStore) -> None:
+    """Runs hold their place until they end; an end lets the next one in."""
+    queue = Queue("q", concurrency=2, register=False)
+    await add(store, *(queued(f"r{i}", 100.0 + i) for i in range(5)))
+    assert await admit(store, queue) == ["r0", "r1"]
+    assert await admit(store, queue) == []
+    info = await store.get_run("r0")
+    assert info is not None
+    assert info.queue == "q"
+    assert info.admitted_at is not None
+    waiting = await store.get_run("r3")
+    assert waiting is not None
+    assert waiting.queued
+    assert waiting.admitted_at is None
+    await end(store, "r0")
+    assert await admit(store, queue) == ["r2"]
+
+
+async def test_a_run_on_no_queue_is_not_queued(store: EventStore) -> None:
+    """The index says a plain run waits for nothing."""
+    run = RunStarted(sequence=1, at=1.0, run_id="plain", workflow="flow", args="[[],{}]")
+    await add(store, run)
+    info = await store.get_run("plain")
+    assert info is not None
+    assert info.queue is None
+    assert not info.queued
+    assert [i.run_id for i in await store.list_runs()] == ["plain"]
+
+
+async def test_lower_priority_numbers_are_admitted_first(store: EventStore) -> None:
+    """Priority beats arrival; arrival orders one priority."""
+    queue = Queue("q", concurrency=3, register=False)
+    await add(
+        store,
+        queued("late-urgent", 3.0, priority=-5),
+        queued("early", 1.0),
+        queued("low", 0.5, priority=7),
+        queued("second", 2.0),
+    )
+    assert await admit(store, queue) == ["late-urgent", "early", "second"]
+    info = await store.get_run("late-urgent")
+    assert info is not None
+    assert info.priority == -5
+
+
+async def test_partitions_take_turns_across_admissions(store: EventStore) -> None:
+    """A key just served goes behind the others, also in the next admission."""
+    queue = Queue("q", concurrency=3, register=False)
+    await add(
+        store,
+        *(queued(f"a{i}", 1.0 + i / 10, key="a") for i in range(4)),
+        queued("b0", 2.0, key="b"),
+        *(queued(f"c{i}", 3.0 + i / 10, key="c") for i in range(2)),
+    )
+    first = await admit(store, queue)
+    assert first == ["a0", "b0", "c0"]
+    info = await store.get_run("b0")
+    assert info is not None
+    assert info.partition_key == "b"
+    for run_id in first:
+        await end(store, run_id)
+    assert await admit(store, queue) == ["a1", "c1", "a2"]
+
+
+async def test_the_rate_limits_admissions_and_says_when_to_look_again(
+    store: EventStore,
+) -> None:
+    """At most `count` per window; the admission says when the next one fits."""
+    queue = Queue("q", rate=Rate(2, per=0.4), register=False)
+    now = time.time()
+    await add(store, *(queued(f"r{i}", now + i / 1000) for i in range(5)))
+    admission = await store.admit({"q": queue}, FLOW, time.time())
+    assert admission.run_ids == ["r0", "r1"]
+    held = await store.admit({"q": queue}, FLOW, time.time())
+    assert held.run_ids == []
+    assert held.wait is not None
+    assert 0 < held.wait <= 0.4
+    await asyncio.sleep(held.wait + 0.05)
+    assert await admit(store, queue) == ["r2", "r3"]
+
+
+async def test_only_runs_that_can_run_here_are_admitted(store: EventStore) -> None:
+    """Unknown workflows, parked runs, ended runs and other queues wait or are skipped."""
+    queue = Queue("q", concurrency=5, register=False)
+    await add(
+        store,
+        queued("other-workflow", 1.0, workflow="elsewhere"),
+        queued("parked", 2.0),
+        queued("cancelled", 3.0),
+        queued("other-queue", 4.0, queue="p"),
+        queued("ok", 5.0),
+    )
+    await store.park("parked", "test")
+    await store.append("cancelled", [RunCancelled(sequence=2, at=3.5, reason="no")], 1)
+    assert await admit(store, queue) == ["ok"]
+    await store.unpark("parked")
+    assert await admit(store, queue) == ["parked"]
+
+
+async def test_concurrent_admissions_admit_each_run_once_within_the_limit(
+    store: EventStore,
+) -> None:
+    """Admissions racing each other never exceed the limit together."""
+    queue = Queue("q", concurrency=3, register=False)
+    await add(store, *(queued(f"r{i}", 1.0 + i) for i in range(10)))
+    results = await asyncio.gather(*(admit(store, queue) for _ in range(4)))
+    admitted = [run_id for found in results for run_id in found]
+    assert sorted(admitted) == ["r0", "r1", "r2"]
+
+
+async def test_several_queues_are_admitted_in_one_call(store: EventStore) -> None:
+    """Each queue keeps its own limit and its own turns."""
+    one = Queue("one", concurrency=1, register=False)
+    two = Queue("two", concurrency=2, register=False)
+    await add(
+        store,
+        *(queued(f"one{i}", 1.0 + i, queue="one") for i in range(3)),
+        *(queued(f"two{i}", 1.5 + i, queue="two") for i in range(3)),
+    )
+    admission = await store.admit({"one": one, "two": two}, FLOW, time.time())
+    assert sorted(admission.run_ids) == ["one0", "two0", "two1"]
