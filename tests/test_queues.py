@@ -16,6 +16,7 @@ from aruntime import (
     RunCancelledError,
     RunStatus,
     Runtime,
+    receive,
     start_child,
     step,
     workflow,
@@ -69,6 +70,11 @@ async def job(name: str) -> str:
 async def fan(count: int) -> list[str]:
     handles = [await start_child(job, f"c{i}", queue=SERIAL.name) for i in range(count)]
     return [await handle for handle in handles]
+
+
+@workflow(name="queues_test.listener")
+async def listener() -> str:
+    return str(await receive("news"))
 
 
 Opener = Callable[..., Runtime]
@@ -293,3 +299,23 @@ async def test_child_runs_wait_for_their_queue(opener: Opener) -> None:
         children = [i for i in await rt.runs() if i.workflow == "queues_test.job"]
     assert board.most == 1
     assert {i.queue for i in children} == {SERIAL.name}
+
+
+async def test_a_message_sent_to_a_waiting_run_is_received_once_admitted(
+    tmp_path: Path,
+) -> None:
+    """A message that comes while the run waits for its queue is kept for it."""
+    board.reset(open_gate=False)
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    async with Runtime(url, workflows=[job, listener], queues=[SERIAL]) as rt:
+        busy = await rt.start(job, "busy", queue=SERIAL)
+        await wait_until(lambda: board.running == 1)
+        waiting = await rt.start(listener, queue=SERIAL)
+        async with Client(url) as client:
+            await client.send(waiting.run_id, "early", topic="news")
+            info = await rt.store.get_run(waiting.run_id)
+            assert info is not None
+            assert info.queued
+            board.gate.set()
+            await busy.result()
+            assert await waiting.result() == "early"
