@@ -46,10 +46,10 @@ def most_at_once(lines: list[str]) -> dict[int, int]:
         what, _, pid, at = line.split()
         moves.setdefault(int(pid), []).append((float(at), 1 if what == "start" else -1))
     most: dict[int, int] = {}
-    for pid, changes in moves.items():
+    for process, changes in moves.items():
         running = peak = 0
         for _, change in sorted(changes, key=lambda c: (c[0], c[1])):  # ends first on ties
             running += change
             peak = max(peak, running)
-        most[pid] = peak
+        most[process] = peak
     return most
