@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from pathlib import Path
 
 from aruntime.events import RunCancelled, RunCompleted, RunStarted
 from aruntime.queues import Queue, Rate
-from aruntime.store import EventStore
+from aruntime.store import EventStore, _sqlite_schema
+from aruntime.store.sqlite import SqliteConfig, SqliteStore
 
 FLOW = frozenset({"flow"})
 
@@ -170,3 +173,28 @@ async def test_several_queues_are_admitted_in_one_call(store: EventStore) -> Non
     )
     admission = await store.admit({"one": one, "two": two}, FLOW, time.time())
     assert sorted(admission.run_ids) == ["one0", "two0", "two1"]
+
+
+async def test_a_file_of_schema_version_3_gains_queues_and_keeps_its_runs(tmp_path: Path) -> None:
+    """A file from before queues reads read-only as it is, then migrates on open for writing."""
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for migration in _sqlite_schema._MIGRATIONS[:3]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute("INSERT INTO meta VALUES ('application', 'aruntime'), ('schema_version', '3')")
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow, status, version, created_at, updated_at) "
+            "VALUES ('old', 'flow', 'running', 1, 1.0, 1.0)"
+        )
+    finally:
+        conn.close()
+    async with SqliteStore(path, SqliteConfig(read_only=True)) as reader:
+        old = await reader.get_run("old")
+        assert old is not None
+        assert (old.queue, old.queued) == (None, False)
+    async with SqliteStore(path) as owner:
+        await add(owner, queued("new", 2.0))
+        assert await admit(owner, Queue("q", concurrency=1, register=False)) == ["new"]
+        assert [i.run_id for i in await owner.list_runs()] == ["old", "new"]

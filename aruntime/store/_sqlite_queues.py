@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Collection, Mapping
 
 from aruntime._admission import Admission, Waiting, plan, room
-from aruntime.queues import Queue
+from aruntime.queues import MAX_PRIORITY, Queue
 
 __all__ = ["admit"]
 
@@ -23,16 +23,19 @@ _RECENT = (
     "SELECT admitted_at FROM runs WHERE queue = ? "
     "AND status IN ('running', 'completed', 'failed', 'cancelled') AND admitted_at > ?"
 )
-_WAITING = """
-SELECT run_id, priority, partition_key, created_at FROM (
-    SELECT run_id, priority, partition_key, created_at, row_number() OVER (
-        PARTITION BY priority, partition_key ORDER BY created_at, run_id
-    ) AS place
-    FROM runs
-    WHERE queue = ? AND status = 'running' AND admitted_at IS NULL
-        AND parked_reason IS NULL AND workflow IN (SELECT value FROM json_each(?))
-) WHERE place <= ?
-"""
+_NEXT_KEY = (
+    "SELECT priority, partition_key FROM runs INDEXED BY runs_waiting "
+    "WHERE queue = ? AND admitted_at IS NULL "
+    "AND status = 'running' AND (priority, partition_key) > (?, ?) "
+    "ORDER BY priority, partition_key LIMIT 1"
+)
+_HEADS = (
+    "SELECT run_id, created_at FROM runs INDEXED BY runs_waiting "
+    "WHERE queue = ? AND admitted_at IS NULL "
+    "AND status = 'running' AND priority = ? AND partition_key = ? "
+    "AND parked_reason IS NULL AND workflow IN (SELECT value FROM json_each(?)) "
+    "ORDER BY created_at, run_id LIMIT ?"
+)
 _SERVED = (
     "SELECT partition_key, max(admit_turn) FROM runs WHERE queue = ? AND admit_turn IS NOT NULL "
     "AND partition_key IN (SELECT value FROM json_each(?)) GROUP BY partition_key"
@@ -63,10 +66,7 @@ def admit(
         if space <= 0:
             admission.merge(Admission(wait=wait))
             continue
-        waiting = [
-            Waiting(run_id, priority, key, (created_at, run_id))
-            for run_id, priority, key, created_at in conn.execute(_WAITING, (name, names, space))
-        ]
+        waiting = _heads(conn, name, names, space)
         if not waiting:
             continue
         keys = json.dumps(sorted({run.partition for run in waiting}))
@@ -80,3 +80,37 @@ def admit(
             conn.execute(_SET_TURN, (name, decided.admitted[-1][1]))
         admission.merge(decided)
     return admission
+
+
+def _heads(conn: sqlite3.Connection, name: str, names: str, space: int) -> list[Waiting]:
+    """The waiting runs `choose` may pick from: the heads of each partition, by priority,
+    until the priorities read hold enough runs to fill `space`.
+
+    The partitions are found by walking the waiting runs' index from key to key, so an
+    admission reads a few rows per partition, not every waiting run. With at least
+    `space` partitions in a priority, one run of each is enough (a partition's second run
+    comes after every other partition's first).
+    """
+    waiting: list[Waiting] = []
+    left = space
+    after: tuple[int, str] = (-MAX_PRIORITY - 1, "")
+    level: list[str] = []
+    priority: int | None = None
+    while left > 0:
+        row = conn.execute(_NEXT_KEY, (name, *after)).fetchone()
+        if row is not None and (priority is None or row[0] == priority):
+            priority = row[0]
+            level.append(row[1])
+            after = (row[0], row[1])
+            continue
+        if priority is not None:  # a priority read whole: its heads
+            each = 1 if len(level) >= left else left
+            for key in level:
+                found = conn.execute(_HEADS, (name, priority, key, names, each)).fetchall()
+                waiting += [Waiting(run_id, priority, key, (at, run_id)) for run_id, at in found]
+                left -= len(found)
+        if row is None:
+            break
+        priority, level = row[0], [row[1]]
+        after = (row[0], row[1])
+    return waiting

@@ -146,6 +146,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN admitted_at REAL",
         "ALTER TABLE runs ADD COLUMN admit_turn INTEGER",
         "CREATE INDEX runs_by_queue ON runs (queue, status, admitted_at) WHERE queue IS NOT NULL",
+        "CREATE INDEX runs_waiting ON runs (queue, priority, partition_key, created_at, run_id) "
+        "WHERE queue IS NOT NULL AND admitted_at IS NULL AND status = 'running'",
         "CREATE INDEX runs_by_turn ON runs (queue, partition_key, admit_turn) "
         "WHERE admit_turn IS NOT NULL",
         _QUEUES_TABLE.format(name="queues"),
