@@ -15,6 +15,8 @@ Examples (from the repository root)::
     python -m benchmarks throughput --store postgres --compare dbos
     python -m benchmarks fleet --workers 1,2,4 --chart fleet.png   # worker processes
     python -m benchmarks takeover                          # SIGKILL a worker: takeover time
+    python -m benchmarks queue --store sqlite    # 1,000 x 10 on no queue vs a queue of 100
+    python -m benchmarks queue --concurrency 10 --n 200 --repeat 5
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
 `--compare dbos` the repeats alternate between the systems (aruntime first on even
@@ -38,7 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from aruntime.store import open_store
-from benchmarks import _floor, _message, _recovery, _replay, _scale, _sleep, _wakeup, report
+from benchmarks import (
+    _floor,
+    _message,
+    _queue,
+    _recovery,
+    _replay,
+    _scale,
+    _sleep,
+    _wakeup,
+    report,
+)
 from benchmarks._against import AgainstError, Checkout, IsolatedSide, checkout
 from benchmarks._aruntime_side import (
     DEFAULT_POSTGRES,
@@ -62,6 +74,7 @@ NAMES = (
     "floor",
     "wakeup",
     "message",
+    "queue",
 )
 CHARTED = ("throughput", "latency")
 AGAINST = ("throughput", "latency", "retry")
@@ -87,9 +100,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, help="steps per run")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"queue: the queue's concurrency limit (default {_queue.DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
-        help="measurements per system (default 5; 3 for recovery, scale and sleep)",
+        help="measurements per system (default 5; 3 for recovery, scale, sleep and queue)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the replay log model")
     parser.add_argument(
@@ -133,7 +151,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{DEFAULT_POSTGRES})",
     )
     args = parser.parse_args(argv)
-    for name in ("n", "steps", "repeat"):
+    for name in ("n", "steps", "repeat", "concurrency"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
@@ -514,6 +532,86 @@ class Suite:
         rep["config"]["store"] = "sqlite"  # across processes: always a file, whatever --store
         return rep
 
+    # -- queue ------------------------------------------------------------------------
+
+    def queue(self) -> dict[str, Any]:
+        args = self.args
+        workload = WORKLOADS["queue"].resized(runs=args.n, steps=args.steps)
+        repeat = args.repeat or workload.default_repeat
+        limit = args.concurrency or _queue.DEFAULT_CONCURRENCY
+        modes: dict[str, int | None] = {"plain": None, "queued": limit}
+        labels = {"plain": "no queue", "queued": f"queue of {limit}"}
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable() or _queue.unavailable(self.store.kind)
+        if reason is not None:
+            blocks = {name: {"label": labels[name], "skipped": reason} for name in modes}
+        else:
+            if not args.no_warmup:
+                small = workload.resized(runs=min(workload.runs, 20))
+                for name, mode in modes.items():
+                    _queue.measure(
+                        small,
+                        self.store,
+                        self.workdir / f"queue-warmup-{name}",
+                        limit=mode,
+                        progress=None,
+                    )
+            repeats: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+            order = list(modes)
+            with self.progress("queue", 2 * repeat * workload.runs) as progress:
+                for r in range(repeat):
+                    for name in order if r % 2 == 0 else order[::-1]:
+                        result, most = _queue.measure(
+                            workload,
+                            self.store,
+                            self.workdir / f"queue-{name}-{r}",
+                            limit=modes[name],
+                            progress=progress,
+                        )
+                        figures = report.loop_figures(workload, result)
+                        figures["runs_completed"] = workload.runs
+                        if modes[name] is not None:
+                            figures["most_running"], figures["most_admitted"] = most
+                        repeats[name].append(figures)
+                        self.settle()
+            for name in modes:
+                blocks[name] = {
+                    "label": labels[name],
+                    **report.side_block(
+                        self.aruntime.version(), self.store.describe(), repeats[name]
+                    ),
+                }
+        rep = self._report(
+            "queue",
+            workload=workload,
+            repeat=repeat,
+            blocks=blocks,
+            figures=report.FIGURES["queue"],
+            description=(
+                f"{workload.runs:,} runs x {workload.steps} trivial steps, all started at once, "
+                f"without a queue and on a queue of concurrency {limit}"
+            ),
+        )
+        rep["ratio_of"] = "queued"
+        rep["ratio"] = report.ratios(report.FIGURES["queue"], blocks, "queued")
+        rep["config"]["queue_concurrency"] = limit
+        if reason is None:
+            rep["notes"].append(
+                f"checked after every measurement, from the store: all {workload.runs:,} runs "
+                f"completed; on the queue all admitted, and never more than {limit} at once "
+                "from the first step to the end (and, in memory, from admitted_at to the end; "
+                "see benchmarks/_queue.py)"
+            )
+            admitted = blocks["queued"]["figures"]["most_admitted"]["max"]
+            if admitted > limit:
+                rep["notes"].append(
+                    f"up to {admitted:,.0f} runs overlap from admitted_at to their end: "
+                    "admitted_at is the admitter's clock read before its transaction waited "
+                    "for the writer, so runs that ended meanwhile seem to overlap the "
+                    "admission they made room for (not a violation)"
+                )
+        return rep
+
     # -- sleep ------------------------------------------------------------------------
 
     def sleep(self) -> dict[str, Any]:
@@ -727,6 +825,9 @@ class Suite:
         elif name == "message":
             rep = self.message()
             figures = report.FIGURES[name]
+        elif name == "queue":
+            rep = self.queue()
+            figures = report.FIGURES[name]
         elif name == "recovery":
             rep = self.recovery()
             figures = report.FIGURES[name]
@@ -756,7 +857,7 @@ def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
             suite = Suite(args, Path(tmp), raw)
             for name in names:
                 suite.run(name, many=len(names) > 1)
-        except AgainstError as exc:
+        except (AgainstError, _queue.QueueCheckError) as exc:
             note(f"error: {exc}")
             return 2
     return 0

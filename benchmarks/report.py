@@ -4,7 +4,9 @@ Every figure is measured once per repeat; a report gives its median and spread (
 and quartiles) over the repeats. With a peer, the ratio compares the medians, oriented so
 that a ratio above 1 means aruntime is better by that factor. With `--against REF` the
 "aruntime" side is the working tree and the peer is the side called "ref": above 1, the
-working tree is better.
+working tree is better. The queue workload's sides are the same aruntime without a queue
+("plain") and on one ("queued", whose name the report gives as `ratio_of`): above 1, the
+queued runs are better.
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ FIGURES: dict[str, list[Figure]] = {
         _f("delivery_p50_ms", "message delivered p50 ms", "{:,.2f}", "lower"),
         _f("delivery_p99_ms", "message delivered p99 ms", "{:,.2f}", "lower"),
         _f("delivery_max_ms", "message delivered max ms", "{:,.2f}", "lower"),
+    ],
+    "queue": [
+        _f("steps_per_s", "steps/s", better="higher"),
+        _f("runs_per_s", "runs/s", better="higher"),
+        _f("cpu_us_per_step", "CPU us/step", "{:,.1f}", "lower"),
+        _f("elapsed_s", "wall time s", "{:,.3f}", "lower"),
+        _f("events", "events written"),
+        _f("appends_per_commit", "appends/commit", "{:,.1f}"),
+        _f("runs_completed", "runs completed"),
+        _f("most_running", "most running at once"),
+        _f("most_admitted", "most by admitted_at"),
     ],
     "recovery": [
         _f("unfinished_at_start", "runs unfinished"),
@@ -276,15 +289,18 @@ def side_block(
     }
 
 
-def ratios(figures: list[Figure], sides: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """aruntime against each peer, per scored figure: > 1 means aruntime is better."""
-    ours = sides.get("aruntime", {}).get("figures")
+def ratios(
+    figures: list[Figure], sides: dict[str, dict[str, Any]], ours_name: str = "aruntime"
+) -> dict[str, float]:
+    """aruntime (or side `ours_name`) against each other side, per scored figure: > 1
+    means aruntime is better."""
+    ours = sides.get(ours_name, {}).get("figures")
     found: dict[str, float] = {}
     if not ours:
         return found
     for name, block in sides.items():
         theirs = block.get("figures")
-        if name == "aruntime" or not theirs:
+        if name == ours_name or not theirs:
             continue
         for fig in figures:
             if fig.better is None or fig.key not in ours or fig.key not in theirs:
@@ -327,9 +343,10 @@ def ratio_line(report: dict[str, Any], figures: list[Figure]) -> str | None:
     """One line per peer with every ratio of the report, or None when there is none."""
     ratio: dict[str, float] = report.get("ratio") or {}
     sides: dict[str, dict[str, Any]] = report["sides"]
-    if not ratio or "aruntime" not in sides:
+    ours_name = report.get("ratio_of", "aruntime")
+    if not ratio or ours_name not in sides:
         return None
-    ours = _label(sides, "aruntime")
+    ours = _label(sides, ours_name)
     lines: list[str] = []
     for name in sides:
         parts = [

@@ -196,6 +196,17 @@ WORKLOADS: dict[str, Workload] = {
             needs_durable_store=True,
         ),
         Workload(
+            name="queue",
+            description=(
+                "N runs x S trivial steps, all started at once, without a queue and on a "
+                "queue of concurrency C"
+            ),
+            runs=1_000,
+            steps=10,
+            concurrency=1_000,
+            default_repeat=3,
+        ),
+        Workload(
             name="message",
             description=(
                 "an owner runtime in one process with one run receiving N messages in a row, "

@@ -24,7 +24,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
-from benchmarks import _dbos_side, _sleep, report  # noqa: E402
+from benchmarks import _dbos_side, _queue, _sleep, report  # noqa: E402
 from benchmarks._harness import git  # noqa: E402
 
 STORES = ["memory", "sqlite"]
@@ -133,6 +133,41 @@ def test_scale_measures_memory_of_suspended_runs(capsys: pytest.CaptureFixture[s
     rep = run(capsys, "scale", "--n", "200", "--repeat", "1")
     assert median(rep, "runs_suspended") == 200
     assert "traced_bytes_per_run" in rep["sides"]["aruntime"]["figures"]
+
+
+@store_ids
+def test_queue_compares_queued_with_plain_runs_and_checks_the_limit(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """Queue runs N runs with no queue and on a queue of C, checks from the store that all
+    completed and at most C ran at once, and reports queued / plain; the check fails on
+    runs that overlap beyond the limit."""
+    argv = ["--store", store, "--n", "20", "--steps", "2", "--repeat", "2", "--concurrency", "3"]
+    rep = run(capsys, "queue", *argv)
+    assert rep["config"]["queue_concurrency"] == 3
+    for side in ("plain", "queued"):
+        assert rep["sides"][side]["repeats"] == 2
+        assert median(rep, "runs_completed", side) == 20
+        assert median(rep, "wrong_results", side) == 0
+        # RunStarted + 2 x (StepStarted, StepCompleted) + RunCompleted per run.
+        assert median(rep, "events", side) == 20 * 6
+    assert 1 <= rep["sides"]["queued"]["figures"]["most_running"]["max"] <= 3
+    assert rep["ratio"]["steps_per_s_vs_plain"] > 0
+    overlapping = [
+        aruntime.RunInfo(
+            run_id=f"r{n}",
+            workflow="w",
+            status=aruntime.RunStatus.COMPLETED,
+            version=3,
+            created_at=0.0,
+            updated_at=2.0,
+            queue=_queue.QUEUE_NAME,
+            admitted_at=1.0,
+        )
+        for n in range(2)
+    ]
+    with pytest.raises(_queue.QueueCheckError, match="more than 1"):
+        _queue.check_runs(overlapping, {"r0": 1.5, "r1": 1.5}, 2, 1, exact_admitted=False)
 
 
 @pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
