@@ -66,9 +66,7 @@ class Admitter:
         while not self._stopped:
             self._wake.clear()
             try:
-                admission = await self._store.admit(
-                    self._queues, self._workflows, self._clock.now()
-                )
+                admission = await self._store.admit(self._queues, self._workflows, self._clock.now)
             except Exception as exc:  # the store fails: nothing was admitted, try again
                 failures += 1
                 delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))

@@ -651,6 +651,21 @@ class Runtime:
             if not waiter.done():
                 waiter.set_result(final)
 
+    async def _wait_admitted_exit(self, run_id: str) -> RunState | None:
+        """Wait until a run that waits for this runtime's admission ends here (its final
+        state), or a poll interval passes, or its task here ends unfinished (None)."""
+        waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(run_id, [])
+        waiters.append(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=self.config.result_poll_interval)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.get(run_id, []).remove(waiter)
+        return None if waiter.cancelled() else waiter.result()
+
     async def _wait_exit(self, run_id: str, seen: int | None = None) -> RunState | None:
         """Wait until the local task of `run_id` ends (its final state if it finished the
         run). If this runtime has no task for it: until the store changes after `seen` (a
@@ -719,6 +734,12 @@ class RunHandle(Generic[R]):
                 return await self._outcome(info.version)
             if info.parked:
                 raise RunParkedError(self.run_id, info.parked_reason or "")
+            if info.queued and rt._admitter is not None:
+                # This runtime admits it, and learns of its end first: no store reads.
+                final = await rt._wait_admitted_exit(self.run_id)
+                if final is not None:
+                    return self._from_state(final)
+                continue
             await rt._wait_exit(self.run_id, seen)
 
     async def _start_waits(self, store: EventStore) -> bool:

@@ -172,7 +172,7 @@ class StoreWrapper:
         return await self.inner.prune(older_than=older_than, status=status)
 
     async def admit(
-        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: Callable[[], float]
     ) -> Admission:
         return await self.inner.admit(queues, workflows, now)
 

@@ -19,12 +19,9 @@ admission to its end, `updated_at` (the index row of a completed run is last wri
 its `RunCompleted`). Two counts of the most runs holding a place at once are taken, a
 place freed at the instant another is taken counting as freed first:
 
-* `most_admitted`, from `admitted_at` to its end, as recorded. In memory the admitter's
-  clock reading is the admission's instant (the store admits under its lock without
-  yielding), so more than C is a violation. On SQLite `admitted_at` is the admitter's
-  clock read before its transaction waits in the writer's queue (often tens of ms), and
-  runs that end in between are committed ahead of the admission: the count can exceed C
-  with no violation, and is only reported (with a note when it does);
+* `most_admitted`, from `admitted_at` to its end, as recorded. Every store reads its clock
+  inside the admission's transaction (in memory under its lock), after the end of every
+  run whose place it takes was committed, so more than C is a violation;
 * `most_running`, from the `at` of the run's first event after `RunStarted` (its first
   step, written by the run task the admitter spawned once the admission had committed) to
   its end: a sub-interval of the place it really held, so more than C is a violation on
@@ -209,7 +206,7 @@ async def _measure(
         await store.aclose()
         await discard(store)
         probe.close()
-    most = check_runs(infos, running, workload.runs, limit, exact_admitted=spec.kind == "memory")
+    most = check_runs(infos, running, workload.runs, limit, exact_admitted=True)
     events = stats.get("events")
     result = LoopResult(
         elapsed=elapsed,

@@ -49,7 +49,7 @@ async def end(store: EventStore, run_id: str) -> None:
 
 
 async def admit(store: EventStore, queue: Queue) -> list[str]:
-    return (await store.admit({queue.name: queue}, FLOW, time.time())).run_ids
+    return (await store.admit({queue.name: queue}, FLOW, time.time)).run_ids
 
 
 async def test_a_queue_admits_up_to_its_concurrency(store: EventStore) -> None:
@@ -123,9 +123,9 @@ async def test_the_rate_limits_admissions_and_says_when_to_look_again(
     queue = Queue("q", rate=Rate(2, per=0.4), register=False)
     now = time.time()
     await add(store, *(queued(f"r{i}", now + i / 1000) for i in range(5)))
-    admission = await store.admit({"q": queue}, FLOW, time.time())
+    admission = await store.admit({"q": queue}, FLOW, time.time)
     assert admission.run_ids == ["r0", "r1"]
-    held = await store.admit({"q": queue}, FLOW, time.time())
+    held = await store.admit({"q": queue}, FLOW, time.time)
     assert held.run_ids == []
     assert held.wait is not None
     assert 0 < held.wait <= 0.4
@@ -171,7 +171,7 @@ async def test_several_queues_are_admitted_in_one_call(store: EventStore) -> Non
         *(queued(f"one{i}", 1.0 + i, queue="one") for i in range(3)),
         *(queued(f"two{i}", 1.5 + i, queue="two") for i in range(3)),
     )
-    admission = await store.admit({"one": one, "two": two}, FLOW, time.time())
+    admission = await store.admit({"one": one, "two": two}, FLOW, time.time)
     assert sorted(admission.run_ids) == ["one0", "two0", "two1"]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -250,13 +250,15 @@ class EventStore(Protocol):
         ...
 
     async def admit(
-        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: Callable[[], float]
     ) -> Admission:
         """Admit the waiting runs of `queues` (of the `workflows` named only) that their
         limits let in now, each run once, and mark them admitted in the index.
 
-        `now` is the caller's clock; a store whose writers share a clock of their own (the
-        database's, on PostgreSQL) uses that instead. See `aruntime.queues`.
+        `now` is the caller's clock, read once inside the admission's transaction (so that
+        an admission is never recorded before the end of a run whose place it took); a
+        store whose writers share a clock of their own (the database's, on PostgreSQL)
+        uses that instead. See `aruntime.queues`.
 
         Raises:
             StoreNotOwnerError: the store is not the owner's.

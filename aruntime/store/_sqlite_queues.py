@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from aruntime._admission import Admission, Waiting, plan, room
 from aruntime.queues import MAX_PRIORITY, Queue
@@ -52,17 +52,19 @@ def admit(
     conn: sqlite3.Connection,
     queues: Mapping[str, Queue],
     workflows: Collection[str],
-    now: float,
+    now: Callable[[], float],
 ) -> Admission:
-    """Admit what the limits of `queues` let in now, in the caller's transaction."""
+    """Admit what the limits of `queues` let in now, in the caller's transaction; `now`
+    is read once, here, after the transaction began."""
     names = json.dumps(sorted(workflows))
+    at = now()
     admission = Admission()
     for name, queue in queues.items():
         unfinished = conn.execute(_UNFINISHED, (name,)).fetchone()[0]
         recent: list[float] = []
         if queue.rate is not None:
-            recent = [row[0] for row in conn.execute(_RECENT, (name, now - queue.rate.per))]
-        space, wait = room(queue, unfinished, recent, now)
+            recent = [row[0] for row in conn.execute(_RECENT, (name, at - queue.rate.per))]
+        space, wait = room(queue, unfinished, recent, at)
         if space <= 0:
             admission.merge(Admission(wait=wait))
             continue
@@ -76,7 +78,7 @@ def admit(
             space, wait, waiting=waiting, served=served, last_turn=0 if row is None else row[0]
         )
         if decided.admitted:
-            conn.executemany(_MARK, [(now, turn, run_id) for run_id, turn in decided.admitted])
+            conn.executemany(_MARK, [(at, turn, run_id) for run_id, turn in decided.admitted])
             conn.execute(_SET_TURN, (name, decided.admitted[-1][1]))
         admission.merge(decided)
     return admission

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from aruntime._admission import Admission, Waiting, plan, room
 from aruntime.errors import (
@@ -262,12 +262,13 @@ class MemoryStore:
         return len(doomed)
 
     async def admit(
-        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: Callable[[], float]
     ) -> Admission:
         admission = Admission()
         async with self._lock:
+            at = now()
             for name, queue in queues.items():
-                admission.merge(self._admit(name, queue, workflows, now))
+                admission.merge(self._admit(name, queue, workflows, at))
         if admission.admitted:
             self._changes.bump()
         return admission

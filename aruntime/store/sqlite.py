@@ -404,7 +404,7 @@ class SqliteStore:
         return removed
 
     async def admit(
-        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: Callable[[], float]
     ) -> Admission:
         self._owners_writer("admit queued runs")
         if not queues:
