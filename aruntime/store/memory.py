@@ -13,6 +13,7 @@ surrogates that events may hold). Its blind spots are values Python hashes alike
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -94,6 +95,66 @@ class _Row:
         )
 
 
+class _QueueBook:
+    """One queue's unfinished runs, by partition, and its admissions' standings."""
+
+    __slots__ = ("admitted", "last_turn", "served", "times", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[int, str], dict[str, _Row]] = {}
+        """The runs waiting, by (priority, partition key), first come first."""
+        self.admitted: set[str] = set()
+        """The runs admitted that have not ended."""
+        self.times: collections.deque[float] = collections.deque()
+        """When the latest admissions were made, oldest first (trimmed to the rate's window)."""
+        self.served: dict[str, int] = {}
+        """Each partition's latest turn."""
+        self.last_turn = 0
+
+    def heads(self, space: int, workflows: Collection[str]) -> list[Waiting]:
+        """The waiting runs `choose` may pick from (see `_sqlite_queues._heads`)."""
+        levels: dict[int, list[dict[str, _Row]]] = {}
+        for (priority, _), line in self.waiting.items():
+            if line:
+                levels.setdefault(priority, []).append(line)
+        heads: list[Waiting] = []
+        left = space
+        for priority in sorted(levels):
+            lines = levels[priority]
+            each = 1 if len(lines) >= left else left
+            for line in lines:
+                eligible = (
+                    row.waiting(run_id)
+                    for run_id, row in line.items()
+                    if row.parked_reason is None and row.workflow in workflows
+                )
+                found = list(itertools.islice(eligible, each))
+                heads += found
+                left -= len(found)
+            if left <= 0:
+                break
+        return heads
+
+    def add(self, run_id: str, row: _Row) -> None:
+        self.waiting.setdefault(_line_of(row), {})[run_id] = row
+
+    def admit(self, run_id: str, row: _Row, at: float) -> None:
+        self.waiting[_line_of(row)].pop(run_id)
+        self.admitted.add(run_id)
+        self.times.append(at)
+        self.served[row.started.partition_key or ""] = self.last_turn = row.turn
+
+    def ended(self, run_id: str, row: _Row) -> None:
+        self.admitted.discard(run_id)
+        line = self.waiting.get(_line_of(row))
+        if line is not None:
+            line.pop(run_id, None)
+
+
+def _line_of(row: _Row) -> tuple[int, str]:
+    return (row.started.priority, row.started.partition_key or "")
+
+
 class MemoryStore:
     """Logs in a dict, guarded by a lock; lost with the process.
 
@@ -107,8 +168,8 @@ class MemoryStore:
         self._inbox: dict[int, Request] = {}
         self._ids = itertools.count(1)
         self._owner_info: OwnerInfo | None = None
-        self._turns: dict[str, int] = {}
-        """Each queue's last turn (see `aruntime._admission`)."""
+        self._queues: dict[str, _QueueBook] = {}
+        """The unfinished runs of each queue, and what its admissions need to know."""
         self._changes = ChangeSignal()
 
     @property
@@ -139,10 +200,14 @@ class MemoryStore:
                 first = events[0]
                 assert isinstance(first, RunStarted)
                 row = self._rows[run_id] = _Row(first)
+                if first.queue is not None:
+                    self._queues.setdefault(first.queue, _QueueBook()).add(run_id, row)
             row.log.extend(events)
             row.checksums.extend(checksums)
             status = row.status
             row.status = status_after(status, events)
+            if row.status.terminal and row.started.queue is not None:
+                self._queues[row.started.queue].ended(run_id, row)
         if (
             expected_sequence == 0
             or row.status is not status
@@ -274,38 +339,22 @@ class MemoryStore:
         return admission
 
     def _admit(self, name: str, queue: Queue, workflows: Collection[str], now: float) -> Admission:
-        rows = [(run_id, row) for run_id, row in self._rows.items() if row.started.queue == name]
-        admitted = [row for _, row in rows if row.admitted_at is not None]
-        space, wait = room(
-            queue,
-            sum(1 for row in admitted if not row.status.terminal),
-            [row.admitted_at for row in admitted if row.admitted_at is not None],
-            now,
-        )
+        book = self._queues.get(name)
+        if book is None:
+            return Admission()
+        times = book.times
+        per = 0.0 if queue.rate is None else queue.rate.per
+        while times and times[0] <= now - per:
+            times.popleft()
+        space, wait = room(queue, len(book.admitted), times, now)
         if space <= 0:
             return Admission(wait=wait)
-        served: dict[str, int] = {}
-        for row in admitted:
-            key = row.started.partition_key or ""
-            served[key] = max(served.get(key, 0), row.turn)
-        decided = plan(
-            space,
-            wait,
-            waiting=[
-                row.waiting(run_id)
-                for run_id, row in rows
-                if row.admitted_at is None
-                and not row.status.terminal
-                and row.parked_reason is None
-                and row.workflow in workflows
-            ],
-            served=served,
-            last_turn=self._turns.get(name, 0),
-        )
+        heads = book.heads(space, workflows)
+        decided = plan(space, wait, waiting=heads, served=book.served, last_turn=book.last_turn)
         for run_id, turn in decided.admitted:
             row = self._rows[run_id]
             row.admitted_at, row.turn = now, turn
-            self._turns[name] = turn
+            book.admit(run_id, row, now)
         return decided
 
     async def set_owner_info(self, info: OwnerInfo | None) -> None:
