@@ -49,12 +49,13 @@ import socket
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import asyncpg
 
+from aruntime._admission import Admission
 from aruntime.errors import (
     AruntimeError,
     ConcurrencyError,
@@ -67,6 +68,7 @@ from aruntime.errors import (
     StoreNotOwnerError,
 )
 from aruntime.events import Event, RunStarted
+from aruntime.queues import Queue
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
@@ -78,6 +80,7 @@ from aruntime.store._base import (
     status_after,
 )
 from aruntime.store._changes import ChangeSignal
+from aruntime.store._pg_queues import QueueStatements, admit_queue
 from aruntime.store._pg_schema import (
     Statements,
     check_schema_name,
@@ -187,6 +190,7 @@ class PostgresStore:
         self._dsn = dsn
         self._config = config if config is not None else PostgresConfig()
         self._sql = Statements(self._config.schema)
+        self._queue_sql = QueueStatements(self._config.schema)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This store's name in the fleet: who holds the leases it claims."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +256,11 @@ class PostgresStore:
     @property
     def owner(self) -> bool:
         return self._config.owner
+
+    @property
+    def workflows(self) -> frozenset[str]:
+        """The workflows this worker runs, as its runtime recorded them (`set_owner_info`)."""
+        return self._workflows or frozenset()
 
     @property
     def stats(self) -> PostgresStats:
@@ -371,6 +380,9 @@ class PostgresStore:
             events=tuple(events),
             status=None if status is RunStatus.PENDING else status.value,
             workflow=first.workflow if isinstance(first, RunStarted) else "",
+            queue=first.queue if isinstance(first, RunStarted) else None,
+            priority=first.priority if isinstance(first, RunStarted) else 0,
+            partition_key=first.partition_key if isinstance(first, RunStarted) else None,
             created_at=first.at,
             last=events[-1].sequence,
             last_at=events[-1].at,
@@ -580,6 +592,35 @@ class PostgresStore:
             return removed
 
         return await self._read(None, prune)
+
+    # -- queues --------------------------------------------------------------------------
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: float
+    ) -> Admission:
+        """Admit what `queues` let in now, for the whole fleet: each queue's admissions are
+        serialized by a lock in the database, and timed by its clock (`now` is unused).
+        See `aruntime.store._pg_queues`."""
+        self._owners_writer("admit runs to their queues")
+        admission = Admission()
+        names = sorted(queues)
+        wanted = sorted(workflows)
+        if not names or not wanted:
+            return admission
+        sql = self._queue_sql
+        waiting = await self._read(None, lambda c: c.fetch(sql.waiting, names, wanted))
+        for name in sorted(row[0] for row in waiting):
+            queue = queues[name]
+
+            async def admit(conn: Any, name: str = name, queue: Queue = queue) -> Admission:
+                async with conn.transaction(isolation="read_committed"):
+                    decided = await admit_queue(conn, sql, name, queue, wanted)
+                    if decided.admitted:
+                        await self._notify(conn, "r")
+                return decided
+
+            admission.merge(await self._read(None, admit))
+        return admission
 
     # -- the owner -----------------------------------------------------------------------
 
@@ -813,6 +854,10 @@ class _Append:
     events: tuple[Event, ...]
     status: str | None
     workflow: str
+    queue: str | None
+    """A new run's queue (see `aruntime.queues`), with its priority and partition key."""
+    priority: int
+    partition_key: str | None
     created_at: float
     last: int
     last_at: float
@@ -915,7 +960,7 @@ class _Writer:
         if not chains:
             return
         args, owned, changes = self._arguments(chains)
-        payload = "c" if all(owned) else "r"  # a run nobody claimed wakes the others
+        payload = "c"
         conn: asyncpg.Connection | None = None
         result: list[Any] | None = None
         for tries in range(3):
@@ -923,6 +968,10 @@ class _Writer:
             try:
                 async with conn.transaction():
                     result = await conn.fetch(store._sql.append, *args)
+                    # A run nobody claimed, or the end of one that held a place in its
+                    # queue (another may be admitted now), wakes the claim loops.
+                    freed = any(row["freed"] for row in result)
+                    payload = "c" if all(owned) and not freed else "r"
                     if changes and result:
                         await store._notify(conn, payload)
                 break
@@ -1013,10 +1062,12 @@ class _Writer:
         for chain in chains.values():
             (created if chain.first.expected == 0 else moved).append(chain)
         # A run started here is held here, if this worker runs its workflow; one started
-        # from the inbox is left to the fleet's claims, which spread runs over workers.
+        # from the inbox is left to the fleet's claims, which spread runs over workers;
+        # one started on a queue waits for its admission, held by nobody.
         owned = [
             c.status not in _TERMINAL
             and c.consume is None
+            and c.first.queue is None
             and (workflows is None or c.first.workflow in workflows)
             for c in created
         ]
@@ -1046,6 +1097,9 @@ class _Writer:
             *(list(column) for column in columns),
             store.worker_id,
             store.config.lease,
+            [c.first.queue for c in created],
+            [c.first.priority for c in created],
+            [None if c.first.queue is None else c.first.partition_key or "" for c in created],
         )
         return args, owned, changes
 
