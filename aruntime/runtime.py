@@ -47,6 +47,7 @@ from aruntime.events import (
     RunResumed,
     RunStarted,
 )
+from aruntime.queues import Queue, queues_by_name, registered_queues
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
 from aruntime.store import (
@@ -134,6 +135,8 @@ class Runtime:
         serializer: how arguments and results become text (default: strict JSON).
         random: uniform [0, 1) source for retry jitter.
         config: further settings.
+        queues: the queues whose waiting runs this runtime admits; default, every
+            registered `Queue` made in the process.
     """
 
     def __init__(
@@ -145,7 +148,9 @@ class Runtime:
         serializer: Serializer | None = None,
         random: Callable[[], float] | None = None,
         config: RuntimeConfig | None = None,
+        queues: Iterable[Queue] | None = None,
     ) -> None:
+        self._queues = queues_by_name(registered_queues().values() if queues is None else queues)
         if store is None:
             self._owns_store = True
             self.store: EventStore = MemoryStore()
@@ -203,7 +208,9 @@ class Runtime:
             owns=None if shared is None else shared.holds,
         )
         fleet = self._fleet = (
-            None if shared is None else Fleet(shared, self._supervisor, self.clock)
+            None
+            if shared is None
+            else Fleet(shared, self._supervisor, self.clock, queues=self._queues)
         )
         try:
             await self.store.set_owner_info(
