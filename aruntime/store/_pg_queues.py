@@ -23,6 +23,9 @@ from aruntime.queues import Queue
 __all__ = ["QueueStatements", "admit_queue"]
 
 _UNFINISHED = "status IN ('pending', 'running')"
+_ANY_STATUS = "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')"
+"""Every status: lets the window's scan descend the `(queue, status, admitted_at)` index
+once per status instead of reading the queue's whole history."""
 
 
 class QueueStatements:
@@ -37,7 +40,8 @@ class QueueStatements:
         # Which of the queues $1 have runs of the workflows $2 waiting (read unlocked:
         # a run that starts waiting later wakes the claim loops, which admit again).
         self.waiting = (
-            f"SELECT DISTINCT r.queue FROM {s}.runs r WHERE r.queue = ANY($1::text[]) AND {waiting}"
+            "SELECT q.name FROM unnest($1::text[]) AS q(name) WHERE EXISTS "
+            f"(SELECT 1 FROM {s}.runs r WHERE r.queue = q.name AND {waiting})"
         )
         self.create = (
             f"INSERT INTO {s}.queues (name, last_turn) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING"
@@ -50,7 +54,7 @@ SELECT t.now,
     (SELECT count(*) FROM {s}.runs
      WHERE queue = $1 AND admitted_at IS NOT NULL AND {_UNFINISHED}) AS unfinished,
     ARRAY(SELECT admitted_at FROM {s}.runs
-          WHERE queue = $1 AND $2::float8 IS NOT NULL
+          WHERE queue = $1 AND {_ANY_STATUS} AND $2::float8 IS NOT NULL
             AND admitted_at > t.now - $2::float8) AS recent
 FROM t"""
         # The first $3 waiting runs of each (priority, partition), in the order
@@ -65,10 +69,11 @@ WITH heads AS (
         FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
     WHERE place <= $3
 ), served AS (
-    SELECT partition_key, max(admit_turn) AS turn FROM {s}.runs
-    WHERE queue = $1 AND admit_turn IS NOT NULL
-      AND partition_key IN (SELECT partition_key FROM heads)
-    GROUP BY partition_key
+    SELECT k.partition_key, (
+        SELECT admit_turn FROM {s}.runs
+        WHERE queue = $1 AND partition_key = k.partition_key AND admit_turn IS NOT NULL
+        ORDER BY admit_turn DESC LIMIT 1) AS turn
+    FROM (SELECT DISTINCT partition_key FROM heads) k
 )
 SELECT h.run_id, h.priority, h.partition_key, h.created_at, s.turn
 FROM heads h LEFT JOIN served s USING (partition_key)"""
