@@ -46,6 +46,19 @@ async def pgq_queued(seconds: float) -> str:
     return "done"
 
 
+def in_flight(directory: Path, pid: int) -> list[str]:
+    """The runs whose body began in worker `pid` and has not ended."""
+    path = directory / f"queue-{pid}.txt"
+    begun: list[str] = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        kind, run_id = line.split(" ")[:2]
+        if kind == "start":
+            begun.append(run_id)
+        elif run_id in begun:
+            begun.remove(run_id)
+    return begun
+
+
 def read_intervals(
     directory: Path, killed: dict[int, float] | None = None
 ) -> list[tuple[str, float, float]]:

@@ -5,6 +5,7 @@ together, also when one of them is killed."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,16 +15,16 @@ import asyncpg
 import pytest
 from fleet_helpers import FAST_LEASES, FleetWorker, audit, held_by
 from pg_helpers import PG_URL, new_schema, pg_url, require_postgres
-from queue_jobs import most_at_once, pgq_queued, read_intervals
+from queue_jobs import in_flight, most_at_once, pgq_queued, read_intervals
 
 from aruntime import Client, RunCancelledError, Runtime, workflow
 from aruntime._values import encode_args
-from aruntime.errors import StoreNotOwnerError, StoreVersionError
+from aruntime.errors import SerializationError, StoreNotOwnerError, StoreVersionError
 from aruntime.events import CancelRequested, RunCancelled, RunCompleted, RunStarted
 from aruntime.queues import Queue, Rate
 from aruntime.serializer import JsonSerializer
 from aruntime.state import RunStatus
-from aruntime.store import OwnerInfo
+from aruntime.store import EventStore, OwnerInfo
 from aruntime.store._pg_schema import _MIGRATIONS, SCHEMA_VERSION
 from aruntime.store._rows import encode_events, row_checksum
 from aruntime.store.postgres import PostgresStore
@@ -74,8 +75,18 @@ def started(
     )
 
 
-async def start(store: PostgresStore, run_id: str, **placement: object) -> None:
-    await store.append(run_id, [started(run_id, **placement)], 0)  # type: ignore[arg-type]
+async def start(
+    store: EventStore,
+    run_id: str,
+    *,
+    queue: str | None = "q",
+    priority: int = 0,
+    key: str | None = None,
+    workflow: str = WORKFLOW,
+) -> None:
+    """Start a run as a worker's `start(..., queue=...)` records it."""
+    event = started(run_id, queue=queue, priority=priority, key=key, workflow=workflow)
+    await store.append(run_id, [event], 0)
 
 
 async def end(store: PostgresStore, run_id: str) -> None:
@@ -203,6 +214,20 @@ async def test_a_queued_run_carries_its_placement_and_is_held_by_nobody(
     [info] = await store.get_runs(["plain"])
     assert info.admitted_at is not None
     assert not info.queued
+
+
+async def test_a_placement_the_index_cannot_hold_fails_its_own_append_only(
+    store: PostgresStore,
+) -> None:
+    bad = started("bad", priority=2**40)
+    good = started("good")
+    outcomes = await asyncio.gather(
+        store.append("bad", [bad], 0), store.append("good", [good], 0), return_exceptions=True
+    )
+    assert isinstance(outcomes[0], SerializationError)
+    assert outcomes[1] is None
+    assert await store.get_run("bad") is None
+    assert await store.get_run("good") is not None
 
 
 # -- the admission contract ---------------------------------------------------------------
@@ -391,6 +416,27 @@ async def test_a_client_cancels_a_waiting_run(url: str) -> None:
             await client.handle("w").result(timeout=10)
 
 
+@workflow(name="pgq_quick")
+async def quick() -> str:
+    return "done"
+
+
+async def test_a_worker_admits_at_its_queues_rate_without_polling(schema: str) -> None:
+    """With polling all but off, the claim loop wakes when the rate lets the next run in."""
+    url = pg_url(schema, **{**FAST_LEASES, "poll_interval": 5})
+    queue = Queue("pgq_rate", rate=Rate(1, per=0.3), register=False)
+    async with Runtime(url, workflows=[quick], queues=[queue]) as rt, Client(url) as client:
+        began = time.monotonic()
+        for i in range(3):
+            await start(rt.store, f"r{i}", queue=queue.name, workflow=quick.name)
+        for i in range(3):
+            assert await client.handle(f"r{i}").result(timeout=10) == "done"
+        assert time.monotonic() - began < 3.0
+        infos = sorted(await rt.store.list_runs(), key=lambda info: info.admitted_at or 0.0)
+        times = [info.admitted_at or 0.0 for info in infos]
+        assert all(later - earlier >= 0.3 for earlier, later in itertools.pairwise(times))
+
+
 # -- a fleet of worker processes ------------------------------------------------------------
 
 
@@ -455,21 +501,18 @@ async def test_a_killed_workers_admitted_run_keeps_its_place(
     await _start_queued(url, run_ids, 0.5)
     deadline = time.monotonic() + 30
     victim: FleetWorker | None = None
-    while victim is None:
-        assert time.monotonic() < deadline, "no worker took a run"
-        for worker in workers:
-            if await held_by(schema, worker.pid):
-                victim = worker
-                break
-        await asyncio.sleep(0.02)
+    while victim is None:  # kill a worker in the middle of a body
+        assert time.monotonic() < deadline, "no worker ran a body"
+        victim = next((w for w in workers if in_flight(tmp_path, w.pid)), None)
+        await asyncio.sleep(0.01)
     held = await held_by(schema, victim.pid)
-    await asyncio.sleep(0.1)  # into the body
     victim.kill()
     killed = {victim.pid: time.time()}
     assert await _results(url, run_ids) == ["done"] * len(run_ids)
     intervals = read_intervals(tmp_path, killed)
-    assert most_at_once(intervals) <= 2
+    assert most_at_once(intervals) == 2
     assert {run_id for run_id, _, _ in intervals} == set(run_ids)
+    assert any(end == killed[victim.pid] for _, _, end in intervals)  # cut short
     found = await audit(schema)
     assert found.violations == []
     assert found.takeovers >= len(held) > 0

@@ -68,7 +68,7 @@ from aruntime.errors import (
     StoreNotOwnerError,
 )
 from aruntime.events import Event, RunStarted
-from aruntime.queues import Queue
+from aruntime.queues import MAX_PRIORITY, Queue
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
@@ -89,7 +89,13 @@ from aruntime.store._pg_schema import (
     migrate,
 )
 from aruntime.store._request_rows import decode_request, encode_request
-from aruntime.store._rows import EventRow, decode_events, decode_run, encode_events
+from aruntime.store._rows import (
+    EventRow,
+    decode_events,
+    decode_run,
+    encode_events,
+    storable_text,
+)
 
 __all__ = ["PostgresConfig", "PostgresStats", "PostgresStore"]
 
@@ -1149,12 +1155,25 @@ class _Writer:
 
 
 def _encoded(job: _Append) -> list[EventRow]:
-    """The rows of an append; whatever goes wrong is that append's own error."""
+    """The rows of an append; whatever goes wrong is that append's own error (never the
+    batch's: a value the index's columns refuse would fail every append written with it)."""
     try:
-        return encode_events(job.run_id, job.events)
+        rows = encode_events(job.run_id, job.events)
     except AruntimeError:
         raise
     except Exception as exc:
         raise SerializationError(
             f"the events cannot be encoded: {type(exc).__name__}: {exc}", run_id=job.run_id
         ) from exc
+    texts = [text for text in (job.queue, job.partition_key) if text is not None]
+    if not (
+        all(isinstance(text, str) and storable_text(text) for text in texts)
+        and type(job.priority) is int
+        and -MAX_PRIORITY <= job.priority <= MAX_PRIORITY
+    ):
+        raise SerializationError(
+            f"the run's place in its queue cannot be stored: queue {job.queue!r:.80}, "
+            f"priority {job.priority!r:.40}, partition key {job.partition_key!r:.80}",
+            run_id=job.run_id,
+        )
+    return rows
