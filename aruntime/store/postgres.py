@@ -23,6 +23,13 @@ statement, and only if no live lease holds it. A run created by an append is hel
 creator if it runs the run's workflow, unless the append consumes an inbox request (a
 `Client`'s start): that run is left to the fleet's claims, which share runs out.
 
+Queues
+------
+A run started on a queue is held by nobody and claimed by nobody until its queue admits
+it (`admit`, see `aruntime.store._pg_queues`); an append to it by a worker that does not
+hold it commits only while no lease holds it, as for any run, and leaves it unheld unless
+it ends it. Once admitted it is claimed, kept and taken over like any other run.
+
 Outages
 -------
 Reads are idempotent and are retried while the server is unreachable, for up to
@@ -35,7 +42,8 @@ Wake-ups
 --------
 A connection of its own LISTENs on the schema's channel: commits that change the set of
 runs, a run's status, its parked mark or the inbox NOTIFY it, which moves the change
-counter that waiters sleep on and wakes the fleet's claim loop. If notifications are lost
+counter that waiters sleep on and wakes the fleet's claim loop (which also admits: an
+admission and the end of a run that held a place in its queue wake it too). If notifications are lost
 (the listening connection broke), a poll of the `changes` sequence every `poll_interval`
 seconds catches up, and every reconnection counts as a change.
 """
