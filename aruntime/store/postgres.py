@@ -43,9 +43,9 @@ Wake-ups
 A connection of its own LISTENs on the schema's channel: commits that change the set of
 runs, a run's status, its parked mark or the inbox NOTIFY it, which moves the change
 counter that waiters sleep on and wakes the fleet's claim loop (which also admits: an
-admission and the end of a run that held a place in its queue wake it too). If notifications are lost
-(the listening connection broke), a poll of the `changes` sequence every `poll_interval`
-seconds catches up, and every reconnection counts as a change.
+admission and the end of a run that held a place in its queue wake it too). If
+notifications are lost (the listening connection broke), a poll of the `changes` sequence
+every `poll_interval` seconds catches up, and every reconnection counts as a change.
 """
 
 from __future__ import annotations
