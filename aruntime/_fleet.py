@@ -26,6 +26,12 @@ true without any worker trusting its own clock or its own view of the others:
   claims it.
 * **Shutdown** releases every lease at once, so the others take over without waiting for
   the leases to run out.
+* **Queues.** A run started on a queue is claimable only once its queue admitted it
+  (`aruntime.queues`). Before each claim the loop admits what the queues its runtime
+  declares let in (`PostgresStore.admit`, under a database lock per queue, so the limits
+  hold fleet-wide); the end of a run that held a place in a queue wakes every claim loop,
+  and a rate limit's wait bounds the loop's sleep. An admitted run keeps its place until
+  it ends, also while it is taken over after a crash.
 
 What is *not* promised: a step body that was running when its worker lost the lease may
 still finish in the stale worker (at-least-once, as after a crash); its outcome is never
@@ -37,14 +43,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from aruntime._admission import Admission
 from aruntime._log import logger
 from aruntime.state import RunState, StepStatus
 
 if TYPE_CHECKING:
     from aruntime._supervisor import Supervisor
     from aruntime.clock import Clock
+    from aruntime.queues import Queue
     from aruntime.store import EventStore
     from aruntime.store.postgres import PostgresStore
 
@@ -93,10 +102,19 @@ def idle_until(state: RunState, now: float) -> float | None:
 class Fleet:
     """Claims runs for one runtime, renews their leases and gives them up."""
 
-    def __init__(self, store: PostgresStore, supervisor: Supervisor, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: PostgresStore,
+        supervisor: Supervisor,
+        clock: Clock,
+        *,
+        queues: Mapping[str, Queue] | None = None,
+    ) -> None:
         self._store = store
         self._supervisor = supervisor
         self._clock = clock
+        self._queues: Mapping[str, Queue] = dict(queues or {})
+        """The queues whose waiting runs this worker admits, by name."""
         self._config = store.config
         self._stops: set[asyncio.Task[None]] = set()
         self._claims: asyncio.Task[None] | None = None
@@ -152,9 +170,30 @@ class Fleet:
         else:
             task.add_done_callback(lambda _: self._store.forget_lost(run_id))
 
+    async def admit(self) -> Admission:
+        """Admit the waiting runs that this worker's queues let in now (of the workflows it
+        runs: a run no worker here could run is left for one that can). A failure is
+        logged: the runs wait for the next admission."""
+        admission = Admission()
+        if not self._queues:
+            return admission
+        store = self._store
+        try:
+            while True:
+                found = await store.admit(self._queues, store.workflows, self._clock.now)
+                admission.merge(found)
+                if not found.more:
+                    break
+        except Exception as exc:
+            logger.warning("fleet.admit_failed", error=str(exc))
+        if admission.admitted:
+            logger.info("fleet.admitted", runs=len(admission.admitted), worker=store.worker_id)
+        return admission
+
     async def claim_now(self) -> None:
         """Claim every runnable run there is room for, once (at start-up)."""
         store, config = self._store, self._config
+        await self.admit()
         while True:
             room = min(_CLAIM_BATCH, config.max_runs - len(store.held()))
             claimed = await store.claim(room, lookahead=config.poll_interval)
@@ -168,6 +207,7 @@ class Fleet:
         store, config, supervisor = self._store, self._config, self._supervisor
         failures = 0
         while True:
+            wait = (await self.admit()).wait
             room = min(_CLAIM_BATCH, config.max_runs - len(store.held()))
             try:
                 claimed = await store.claim(room, lookahead=config.poll_interval)
@@ -190,8 +230,10 @@ class Fleet:
             # worker holds its fair share. Look again when something becomes runnable, or
             # after a poll interval, and, if this claim took runs (its share may have held
             # it back), when a run ends here; at most every few milliseconds, so that a
-            # stream of ends costs few claims.
-            await store.wait_runnable(config.poll_interval, room=bool(claimed))
+            # stream of ends costs few claims. A queue's rate limit that holds runs back
+            # wakes it when it lets one more in.
+            timeout = config.poll_interval if wait is None else min(config.poll_interval, wait)
+            await store.wait_runnable(timeout, room=bool(claimed))
             if claimed:
                 await asyncio.sleep(_CLAIM_SPACING)
 

@@ -212,7 +212,9 @@ class Runtime:
             owns=None if shared is None else shared.holds,
         )
         fleet = self._fleet = (
-            None if shared is None else Fleet(shared, self._supervisor, self.clock)
+            None
+            if shared is None
+            else Fleet(shared, self._supervisor, self.clock, queues=self._queues)
         )
         try:
             await self.store.set_owner_info(

@@ -28,9 +28,9 @@ FAST_LEASES = {"lease": 1.0, "heartbeat": 0.25, "poll_interval": 0.1, "idle_rele
 
 
 class FleetWorker:
-    """An `aruntime worker --import fleet_jobs` child process."""
+    """An `aruntime worker --import <module>` child process (`fleet_jobs` by default)."""
 
-    def __init__(self, url: str, directory: Path, name: str) -> None:
+    def __init__(self, url: str, directory: Path, name: str, module: str = "fleet_jobs") -> None:
         self.name = name
         self.log = directory / f"worker-{name}.log"
         self._err = self.log.open("w")
@@ -44,7 +44,7 @@ class FleetWorker:
                 "--db",
                 url,
                 "--import",
-                "fleet_jobs",
+                module,
                 "--grace",
                 "0",
             ],

@@ -134,6 +134,10 @@ def test_runs_list_json_is_machine_readable(db: Path, capsys: pytest.CaptureFixt
         "version": 6,
         "created_at": None,
         "updated_at": None,
+        "queue": None,
+        "priority": 0,
+        "partition_key": None,
+        "admitted_at": None,
     }
     assert runs["stuck"]["created_at"] == "1970-01-01T00:00:01+00:00"
 

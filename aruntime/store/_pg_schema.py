@@ -1,12 +1,15 @@
 """The PostgreSQL database: schema and migrations, the statements, the error mapping.
 
-Schema (version 1), in a PostgreSQL schema of its own (`aruntime` unless the URL says
+Schema (version 2), in a PostgreSQL schema of its own (`aruntime` unless the URL says
 `?schema=...`), so that aruntime's tables never mix with an application's::
 
     meta    (key PRIMARY KEY, value)             application name, schema version
     runs    (run_id PRIMARY KEY, id UNIQUE, workflow, status, version, created_at,
              updated_at, parked_reason,
-             epoch, owner, lease_until, due_at)   the fleet's ownership of the run
+             epoch, owner, lease_until, due_at,   the fleet's ownership of the run
+             queue, priority, partition_key,      its place in a queue (version 2)
+             admitted_at, admit_turn)
+    queues  (name PRIMARY KEY, last_turn)         one row per queue: its admission lock
     events  (run_id, sequence) PRIMARY KEY, type, at, data, checksum,
              epoch, writer, written_at            who wrote the row, under which claim
     inbox   (id bigserial PRIMARY KEY, kind, run_id, at, data, checksum)
@@ -24,6 +27,11 @@ never go down, every row's writer is the worker that claimed its epoch, and ever
 an epoch was written before the next epoch's claim (`written_at` and `claims.at` are
 both `clock_timestamp()`, taken after the row lock that orders the two). `claims` keeps
 the history of who held which epoch.
+
+A run started on a queue has its `queue`, `priority` and `partition_key` (`''` when it
+has none) and waits, claimable by nobody, until an admission (`aruntime.store._pg_queues`)
+sets `admitted_at` (epoch seconds on the database's clock) and `admit_turn`; a run on no
+queue has NULL in all three but `priority` (0).
 
 Every write of the fleet is one statement, so that the check and the write cannot be
 separated: an append updates the run's row only where its version and epoch are what the
@@ -50,6 +58,7 @@ from aruntime.errors import (
     StoreReadOnlyError,
     StoreVersionError,
 )
+from aruntime.store._rows import RUN_COLUMNS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -119,6 +128,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (run_id, epoch)
         )""",
         "CREATE SEQUENCE {s}.changes",
+    ),
+    # 1 -> 2: queues. Existing runs are on no queue (NULL queue, priority 0).
+    (
+        """ALTER TABLE {s}.runs
+            ADD COLUMN queue text,
+            ADD COLUMN priority integer NOT NULL DEFAULT 0,
+            ADD COLUMN partition_key text,
+            ADD COLUMN admitted_at double precision,
+            ADD COLUMN admit_turn bigint""",
+        "CREATE TABLE {s}.queues (name text PRIMARY KEY, last_turn bigint NOT NULL)",
+        "CREATE INDEX runs_by_queue ON {s}.runs (queue, status, admitted_at) "
+        "WHERE queue IS NOT NULL",
+        "CREATE INDEX runs_by_turn ON {s}.runs (queue, partition_key, admit_turn) "
+        "WHERE admit_turn IS NOT NULL",
     ),
 )
 """`_MIGRATIONS[v]` takes a database from schema version `v` to `v + 1`."""
@@ -201,8 +224,7 @@ class Statements:
     def __init__(self, schema: str) -> None:
         s = schema
         self.channel = f"aruntime_{schema}"
-        run_columns = "run_id, workflow, status, version, created_at, updated_at, parked_reason"
-        self.run_columns = run_columns
+        run_columns = RUN_COLUMNS
         self.events = (
             f"SELECT sequence, type, at, data, checksum FROM {s}.events "
             "WHERE run_id = $1 AND sequence > $2 ORDER BY sequence"
@@ -212,10 +234,14 @@ class Statements:
         self.list_runs = f"SELECT {run_columns} FROM {s}.runs"
 
         # -- appends -------------------------------------------------------------------
-        # $1-$7: the existing runs' appends; $8-$15: the new runs'; $16-$21: every row;
-        # $22: this worker; $23: the lease in seconds.
+        waiting = "r.queue IS NOT NULL AND r.admitted_at IS NULL"
+        # $1-$7: the existing runs' appends; $8-$15 and $24-$26: the new runs'; $16-$21:
+        # every row; $22: this worker; $23: the lease in seconds.
         # A run whose update or insert is not returned was refused: its rows are not
         # inserted (the join), and the caller reads the row to say why.
+        # A run waiting for its queue's admission is claimed by nobody: an append to it by
+        # a worker that does not hold it (a cancel, a resume) commits if it is free, as
+        # for any run, but leaves it free (and unadmitted) unless the append ends it.
         self.append = f"""
 WITH moved AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[],
@@ -223,8 +249,10 @@ WITH moved AS (
         AS m(run_id, expected, last, status, updated_at, epoch, consume)
 ), created AS (
     SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::bigint[],
-                         $12::float8[], $13::float8[], $14::bool[], $15::bigint[])
-        AS c(run_id, workflow, status, version, created_at, updated_at, owned, consume)
+                         $12::float8[], $13::float8[], $14::bool[], $15::bigint[],
+                         $24::text[], $25::integer[], $26::text[])
+        AS c(run_id, workflow, status, version, created_at, updated_at, owned, consume,
+             queue, priority, partition_key)
 ), updated AS (
     UPDATE {s}.runs r SET
         version = m.last,
@@ -232,8 +260,10 @@ WITH moved AS (
         status = coalesce(m.status, r.status),
         epoch = CASE WHEN m.epoch = 0 THEN r.epoch + 1 ELSE r.epoch END,
         owner = CASE WHEN coalesce(m.status, r.status) IN {_TERMINAL} THEN NULL
+                     WHEN {waiting} THEN NULL
                      ELSE $22::text END,
         lease_until = CASE WHEN coalesce(m.status, r.status) IN {_TERMINAL} THEN NULL
+                           WHEN {waiting} THEN NULL
                            WHEN m.epoch = 0 OR r.lease_until IS NULL
                                -- held again after a release it raced: a lease that ends
                                THEN now() + $23::float8 * interval '1 second'
@@ -244,21 +274,25 @@ WITH moved AS (
       AND CASE WHEN m.epoch = 0
                THEN r.owner IS NULL OR r.lease_until < now() OR r.owner = $22::text
                ELSE r.epoch = m.epoch END
-    RETURNING r.run_id, r.epoch, r.owner, m.consume
+    RETURNING r.run_id, r.epoch, r.owner, m.consume,
+        r.queue IS NOT NULL AND r.admitted_at IS NOT NULL AND r.status IN {_TERMINAL}
+            AS freed
 ), inserted AS (
     INSERT INTO {s}.runs AS r (run_id, workflow, status, version, created_at, updated_at,
-                               epoch, owner, lease_until)
+                               epoch, owner, lease_until, queue, priority, partition_key)
     SELECT run_id, workflow, status, version, created_at, updated_at,
            CASE WHEN owned THEN 1 ELSE 0 END,
            CASE WHEN owned THEN $22::text END,
-           CASE WHEN owned THEN now() + $23::float8 * interval '1 second' END
+           CASE WHEN owned THEN now() + $23::float8 * interval '1 second' END,
+           queue, priority, partition_key
     FROM created
     ON CONFLICT (run_id) DO NOTHING
     RETURNING r.run_id, r.epoch, r.owner
 ), accepted AS (
-    SELECT run_id, epoch, owner, consume FROM updated
+    SELECT run_id, epoch, owner, consume, freed FROM updated
     UNION ALL
-    SELECT i.run_id, i.epoch, i.owner, c.consume FROM inserted i JOIN created c USING (run_id)
+    SELECT i.run_id, i.epoch, i.owner, c.consume, false
+    FROM inserted i JOIN created c USING (run_id)
 ), rows AS (
     INSERT INTO {s}.events (run_id, sequence, type, at, data, checksum, epoch, writer)
     SELECT e.run_id, e.sequence, e.type, e.at, e.data, e.checksum, a.epoch, $22::text
@@ -278,7 +312,7 @@ WITH moved AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
-SELECT a.run_id, a.epoch, a.owner IS NOT NULL AS held,
+SELECT a.run_id, a.epoch, a.owner IS NOT NULL AS held, a.freed,
        (SELECT count(*) FROM rows) AS row_count,
        (SELECT count(*) FROM consumed) AS consumed_count,
        (SELECT count(*) FROM claimed) AS claimed_count
@@ -317,9 +351,9 @@ WHERE EXISTS (SELECT 1 FROM target)"""
         self.pending = f"SELECT id, kind, run_id, at, data, checksum FROM {s}.inbox"
         # The requests this worker applies: starts, and cancels and resumes of the runs
         # it holds or that no live lease holds and that no worker of the fleet would claim
-        # for it (parked, ended, gone, or of a workflow this worker does not run). A
-        # cancel of a runnable run that this worker could run makes the run claimable
-        # (see `claim`) and is applied by whoever claims it.
+        # for it (parked, ended, gone, waiting for its queue's admission, or of a workflow
+        # this worker does not run). A cancel of a runnable run that this worker could run
+        # makes the run claimable (see `claim`) and is applied by whoever claims it.
         self.pending_for = f"""
 SELECT i.id, i.kind, i.run_id, i.at, i.data, i.checksum FROM {s}.inbox i
 LEFT JOIN {s}.runs r ON r.run_id = i.run_id
@@ -328,7 +362,7 @@ WHERE (i.kind IN ('start', 'fork')
    OR r.owner = $1
    OR ((r.owner IS NULL OR r.lease_until < now())
        AND (r.parked_reason IS NOT NULL OR r.status IN {_TERMINAL}
-            OR NOT (r.workflow = ANY($2::text[])))))
+            OR ({waiting}) OR NOT (r.workflow = ANY($2::text[])))))
   AND i.id > $4 AND ($5::text[] IS NULL OR i.kind = ANY($5::text[]))
 ORDER BY i.id LIMIT $3"""
         self.consume = f"DELETE FROM {s}.inbox WHERE id = $1"
@@ -371,9 +405,10 @@ ORDER BY i.id LIMIT $3"""
         # workflows counts for 1 / the live workers that run that workflow (a run only
         # this worker can run counts whole), less what it holds, so that a burst of
         # new runs spreads over the fleet instead of going to whoever looked first.
+        # A run on a queue is runnable once admitted, and until it ends.
         runnable = (
             "r.status IN ('pending', 'running') AND r.parked_reason IS NULL "
-            "AND r.workflow = ANY($2::text[])"
+            "AND r.workflow = ANY($2::text[]) AND (r.queue IS NULL OR r.admitted_at IS NOT NULL)"
         )
         due = (
             "(r.due_at IS NULL OR r.due_at <= extract(epoch FROM now()) + $4::float8 "

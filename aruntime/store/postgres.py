@@ -23,6 +23,13 @@ statement, and only if no live lease holds it. A run created by an append is hel
 creator if it runs the run's workflow, unless the append consumes an inbox request (a
 `Client`'s start): that run is left to the fleet's claims, which share runs out.
 
+Queues
+------
+A run started on a queue is held by nobody and claimed by nobody until its queue admits
+it (`admit`, see `aruntime.store._pg_queues`); an append to it by a worker that does not
+hold it commits only while no lease holds it, as for any run, and leaves it unheld unless
+it ends it. Once admitted it is claimed, kept and taken over like any other run.
+
 Outages
 -------
 Reads are idempotent and are retried while the server is unreachable, for up to
@@ -35,9 +42,10 @@ Wake-ups
 --------
 A connection of its own LISTENs on the schema's channel: commits that change the set of
 runs, a run's status, its parked mark or the inbox NOTIFY it, which moves the change
-counter that waiters sleep on and wakes the fleet's claim loop. If notifications are lost
-(the listening connection broke), a poll of the `changes` sequence every `poll_interval`
-seconds catches up, and every reconnection counts as a change.
+counter that waiters sleep on and wakes the fleet's claim loop (which also admits: an
+admission and the end of a run that held a place in its queue wake it too). If
+notifications are lost (the listening connection broke), a poll of the `changes` sequence
+every `poll_interval` seconds catches up, and every reconnection counts as a change.
 """
 
 from __future__ import annotations
@@ -49,12 +57,13 @@ import socket
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import asyncpg
 
+from aruntime._admission import Admission
 from aruntime.errors import (
     AruntimeError,
     ConcurrencyError,
@@ -67,6 +76,7 @@ from aruntime.errors import (
     StoreNotOwnerError,
 )
 from aruntime.events import Event, RunStarted
+from aruntime.queues import MAX_PRIORITY, Queue
 from aruntime.state import RunStatus
 from aruntime.store._base import (
     OwnerInfo,
@@ -78,6 +88,7 @@ from aruntime.store._base import (
     status_after,
 )
 from aruntime.store._changes import ChangeSignal
+from aruntime.store._pg_queues import QueueStatements, admit_queue
 from aruntime.store._pg_schema import (
     Statements,
     check_schema_name,
@@ -86,7 +97,13 @@ from aruntime.store._pg_schema import (
     migrate,
 )
 from aruntime.store._request_rows import decode_request, encode_request
-from aruntime.store._rows import EventRow, decode_events, decode_run, encode_events
+from aruntime.store._rows import (
+    EventRow,
+    decode_events,
+    decode_run,
+    encode_events,
+    storable_text,
+)
 
 __all__ = ["PostgresConfig", "PostgresStats", "PostgresStore"]
 
@@ -187,6 +204,7 @@ class PostgresStore:
         self._dsn = dsn
         self._config = config if config is not None else PostgresConfig()
         self._sql = Statements(self._config.schema)
+        self._queue_sql = QueueStatements(self._config.schema)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This store's name in the fleet: who holds the leases it claims."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +270,11 @@ class PostgresStore:
     @property
     def owner(self) -> bool:
         return self._config.owner
+
+    @property
+    def workflows(self) -> frozenset[str]:
+        """The workflows this worker runs, as its runtime recorded them (`set_owner_info`)."""
+        return self._workflows or frozenset()
 
     @property
     def stats(self) -> PostgresStats:
@@ -371,6 +394,9 @@ class PostgresStore:
             events=tuple(events),
             status=None if status is RunStatus.PENDING else status.value,
             workflow=first.workflow if isinstance(first, RunStarted) else "",
+            queue=first.queue if isinstance(first, RunStarted) else None,
+            priority=first.priority if isinstance(first, RunStarted) else 0,
+            partition_key=first.partition_key if isinstance(first, RunStarted) else None,
             created_at=first.at,
             last=events[-1].sequence,
             last_at=events[-1].at,
@@ -580,6 +606,35 @@ class PostgresStore:
             return removed
 
         return await self._read(None, prune)
+
+    # -- queues --------------------------------------------------------------------------
+
+    async def admit(
+        self, queues: Mapping[str, Queue], workflows: Collection[str], now: Callable[[], float]
+    ) -> Admission:
+        """Admit what `queues` let in now, for the whole fleet: each queue's admissions are
+        serialized by a lock in the database, and timed by its clock (`now` is unused).
+        See `aruntime.store._pg_queues`."""
+        self._owners_writer("admit runs to their queues")
+        admission = Admission()
+        names = sorted(queues)
+        wanted = sorted(workflows)
+        if not names or not wanted:
+            return admission
+        sql = self._queue_sql
+        waiting = await self._read(None, lambda c: c.fetch(sql.waiting, names, wanted))
+        for name in sorted(row[0] for row in waiting):
+            queue = queues[name]
+
+            async def admit(conn: Any, name: str = name, queue: Queue = queue) -> Admission:
+                async with conn.transaction(isolation="read_committed"):
+                    decided = await admit_queue(conn, sql, name, queue, wanted)
+                    if decided.admitted:
+                        await self._notify(conn, "r")
+                return decided
+
+            admission.merge(await self._read(None, admit))
+        return admission
 
     # -- the owner -----------------------------------------------------------------------
 
@@ -817,6 +872,10 @@ class _Append:
     events: tuple[Event, ...]
     status: str | None
     workflow: str
+    queue: str | None
+    """A new run's queue (see `aruntime.queues`), with its priority and partition key."""
+    priority: int
+    partition_key: str | None
     created_at: float
     last: int
     last_at: float
@@ -919,7 +978,7 @@ class _Writer:
         if not chains:
             return
         args, owned, changes = self._arguments(chains)
-        payload = "c" if all(owned) else "r"  # a run nobody claimed wakes the others
+        payload = "c"
         conn: asyncpg.Connection | None = None
         result: list[Any] | None = None
         for tries in range(3):
@@ -927,6 +986,10 @@ class _Writer:
             try:
                 async with conn.transaction():
                     result = await conn.fetch(store._sql.append, *args)
+                    # A run nobody claimed, or the end of one that held a place in its
+                    # queue (another may be admitted now), wakes the claim loops.
+                    freed = any(row["freed"] for row in result)
+                    payload = "c" if all(owned) and not freed else "r"
                     if changes and result:
                         await store._notify(conn, payload)
                 break
@@ -1017,10 +1080,12 @@ class _Writer:
         for chain in chains.values():
             (created if chain.first.expected == 0 else moved).append(chain)
         # A run started here is held here, if this worker runs its workflow; one started
-        # from the inbox is left to the fleet's claims, which spread runs over workers.
+        # from the inbox is left to the fleet's claims, which spread runs over workers;
+        # one started on a queue waits for its admission, held by nobody.
         owned = [
             c.status not in _TERMINAL
             and c.consume is None
+            and c.first.queue is None
             and (workflows is None or c.first.workflow in workflows)
             for c in created
         ]
@@ -1050,6 +1115,9 @@ class _Writer:
             *(list(column) for column in columns),
             store.worker_id,
             store.config.lease,
+            [c.first.queue for c in created],
+            [c.first.priority for c in created],
+            [None if c.first.queue is None else c.first.partition_key or "" for c in created],
         )
         return args, owned, changes
 
@@ -1099,12 +1167,25 @@ class _Writer:
 
 
 def _encoded(job: _Append) -> list[EventRow]:
-    """The rows of an append; whatever goes wrong is that append's own error."""
+    """The rows of an append; whatever goes wrong is that append's own error (never the
+    batch's: a value the index's columns refuse would fail every append written with it)."""
     try:
-        return encode_events(job.run_id, job.events)
+        rows = encode_events(job.run_id, job.events)
     except AruntimeError:
         raise
     except Exception as exc:
         raise SerializationError(
             f"the events cannot be encoded: {type(exc).__name__}: {exc}", run_id=job.run_id
         ) from exc
+    texts = [text for text in (job.queue, job.partition_key) if text is not None]
+    if not (
+        all(isinstance(text, str) and storable_text(text) for text in texts)
+        and type(job.priority) is int
+        and -MAX_PRIORITY <= job.priority <= MAX_PRIORITY
+    ):
+        raise SerializationError(
+            f"the run's place in its queue cannot be stored: queue {job.queue!r:.80}, "
+            f"priority {job.priority!r:.40}, partition key {job.partition_key!r:.80}",
+            run_id=job.run_id,
+        )
+    return rows

@@ -1,0 +1,119 @@
+"""Admission on PostgreSQL: which waiting runs of a queue may run now, for the whole fleet.
+
+A queue's admissions are taken one at a time across every worker of the database: each
+holds the queue's row in the `queues` table (`FOR UPDATE`) from before it counts the
+queue's runs until it has marked the ones it admits, so no two admissions see the same
+room, and the concurrency and rate limits hold for the fleet as a whole. Every count is
+read after the lock is taken, in a statement of its own (a read-committed snapshot taken
+after the previous holder committed). Admission times are the database's clock, read
+under the lock, so that one queue's admissions are stamped in the order they happened.
+
+What to admit is decided by `aruntime._admission`, as in every store; this module only
+gathers its facts and records its decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aruntime._admission import Admission, Waiting, plan, room
+from aruntime.queues import Queue
+
+__all__ = ["QueueStatements", "admit_queue"]
+
+_UNFINISHED = "status IN ('pending', 'running')"
+_ANY_STATUS = "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')"
+"""Every status: lets the window's scan descend the `(queue, status, admitted_at)` index
+once per status instead of reading the queue's whole history."""
+
+
+class QueueStatements:
+    """The admission's statements, with the store's schema filled in once."""
+
+    def __init__(self, schema: str) -> None:
+        s = schema
+        waiting = (
+            f"r.admitted_at IS NULL AND r.{_UNFINISHED} AND r.parked_reason IS NULL "
+            "AND r.workflow = ANY($2::text[])"
+        )
+        # Which of the queues $1 have runs of the workflows $2 waiting (read unlocked:
+        # a run that starts waiting later wakes the claim loops, which admit again).
+        self.waiting = (
+            "SELECT q.name FROM unnest($1::text[]) AS q(name) WHERE EXISTS "
+            f"(SELECT 1 FROM {s}.runs r WHERE r.queue = q.name AND {waiting})"
+        )
+        self.create = (
+            f"INSERT INTO {s}.queues (name, last_turn) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING"
+        )
+        self.lock = f"SELECT last_turn FROM {s}.queues WHERE name = $1 FOR UPDATE"
+        # $2: the rate's period in seconds, NULL without a rate.
+        self.standing = f"""
+WITH t AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
+SELECT t.now,
+    (SELECT count(*) FROM {s}.runs
+     WHERE queue = $1 AND admitted_at IS NOT NULL AND {_UNFINISHED}) AS unfinished,
+    ARRAY(SELECT admitted_at FROM {s}.runs
+          WHERE queue = $1 AND {_ANY_STATUS} AND $2::float8 IS NOT NULL
+            AND admitted_at > t.now - $2::float8) AS recent
+FROM t"""
+        # The first $3 waiting runs of each (priority, partition), in the order
+        # `Waiting.order` sorts them (run ids compared as Python compares str), each
+        # with its partition's latest turn.
+        self.heads = f"""
+WITH heads AS (
+    SELECT run_id, priority, partition_key, created_at FROM (
+        SELECT r.run_id, r.priority, r.partition_key, r.created_at,
+               row_number() OVER (PARTITION BY r.priority, r.partition_key
+                                  ORDER BY r.created_at, r.run_id COLLATE "C") AS place
+        FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
+    WHERE place <= $3
+), served AS (
+    SELECT k.partition_key, (
+        SELECT admit_turn FROM {s}.runs
+        WHERE queue = $1 AND partition_key = k.partition_key AND admit_turn IS NOT NULL
+        ORDER BY admit_turn DESC LIMIT 1) AS turn
+    FROM (SELECT DISTINCT partition_key FROM heads) k
+)
+SELECT h.run_id, h.priority, h.partition_key, h.created_at, s.turn
+FROM heads h LEFT JOIN served s USING (partition_key)"""
+        # Still waiting when marked: a run that ended or was parked meanwhile is not.
+        self.mark = f"""
+UPDATE {s}.runs r SET admitted_at = $2, admit_turn = c.turn
+FROM unnest($3::text[], $4::bigint[]) AS c(run_id, turn)
+WHERE r.run_id = c.run_id AND r.queue = $1 AND r.admitted_at IS NULL
+  AND r.{_UNFINISHED} AND r.parked_reason IS NULL
+RETURNING r.run_id"""
+        self.last_turn = f"UPDATE {s}.queues SET last_turn = $2 WHERE name = $1"
+
+
+async def admit_queue(
+    conn: Any, sql: QueueStatements, name: str, queue: Queue, workflows: Sequence[str]
+) -> Admission:
+    """Admit what `queue` lets in now, inside the caller's read-committed transaction on
+    `conn`, which holds the queue's lock from here until it commits."""
+    await conn.execute(sql.create, name)
+    last_turn: int = await conn.fetchval(sql.lock, name)
+    per = None if queue.rate is None else float(queue.rate.per)
+    now, unfinished, recent = await conn.fetchrow(sql.standing, name, per)
+    space, wait = room(queue, unfinished, recent, now)
+    if space <= 0:
+        return Admission(wait=wait)
+    served: dict[str, int] = {}
+    waiting: list[Waiting] = []
+    for run_id, priority, stored_key, created_at, turn in await conn.fetch(
+        sql.heads, name, list(workflows), space
+    ):
+        key = stored_key or ""
+        waiting.append(Waiting(run_id, priority, key, (created_at, run_id)))
+        if turn is not None:
+            served[key] = turn
+    decided = plan(space, wait, waiting=waiting, served=served, last_turn=last_turn)
+    if not decided.admitted:
+        return decided
+    ids = [run_id for run_id, _ in decided.admitted]
+    turns = [turn for _, turn in decided.admitted]
+    marked = {row[0] for row in await conn.fetch(sql.mark, name, now, ids, turns)}
+    await conn.execute(sql.last_turn, name, max(turns))
+    decided.admitted = [(run_id, turn) for run_id, turn in decided.admitted if run_id in marked]
+    return decided
