@@ -58,25 +58,24 @@ SELECT t.now,
             AND admitted_at > t.now - $2::float8) AS recent
 FROM t"""
         # The first $3 waiting runs of each (priority, partition), in the order
-        # `Waiting.order` sorts them (run ids compared as Python compares str), each
-        # with its partition's latest turn.
+        # `Waiting.order` sorts them (run ids compared as Python compares str). One scan
+        # of the queue's waiting runs and a sort, whatever the planner believes of the
+        # table: a plan per partition goes wrong by orders of magnitude when the
+        # statistics lag behind a burst of starts.
         self.heads = f"""
-WITH heads AS (
-    SELECT run_id, priority, partition_key, created_at FROM (
-        SELECT r.run_id, r.priority, r.partition_key, r.created_at,
-               row_number() OVER (PARTITION BY r.priority, r.partition_key
-                                  ORDER BY r.created_at, r.run_id COLLATE "C") AS place
-        FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
-    WHERE place <= $3
-), served AS (
-    SELECT k.partition_key, (
-        SELECT admit_turn FROM {s}.runs
-        WHERE queue = $1 AND partition_key = k.partition_key AND admit_turn IS NOT NULL
-        ORDER BY admit_turn DESC LIMIT 1) AS turn
-    FROM (SELECT DISTINCT partition_key FROM heads) k
-)
-SELECT h.run_id, h.priority, h.partition_key, h.created_at, s.turn
-FROM heads h LEFT JOIN served s USING (partition_key)"""
+SELECT run_id, priority, partition_key, created_at FROM (
+    SELECT r.run_id, r.priority, r.partition_key, r.created_at,
+           row_number() OVER (PARTITION BY r.priority, r.partition_key
+                              ORDER BY r.created_at, r.run_id COLLATE "C") AS place
+    FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
+WHERE place <= $3"""
+        # The latest turn of each partition $2, read backwards off its index.
+        self.served = f"""
+SELECT k.key, (
+    SELECT admit_turn FROM {s}.runs
+    WHERE queue = $1 AND partition_key = k.key AND admit_turn IS NOT NULL
+    ORDER BY admit_turn DESC LIMIT 1)
+FROM unnest($2::text[]) AS k(key)"""
         # Still waiting when marked: a run that ended or was parked meanwhile is not.
         self.mark = f"""
 UPDATE {s}.runs r SET admitted_at = $2, admit_turn = c.turn
@@ -99,15 +98,18 @@ async def admit_queue(
     space, wait = room(queue, unfinished, recent, now)
     if space <= 0:
         return Admission(wait=wait)
-    served: dict[str, int] = {}
-    waiting: list[Waiting] = []
-    for run_id, priority, stored_key, created_at, turn in await conn.fetch(
-        sql.heads, name, list(workflows), space
-    ):
-        key = stored_key or ""
-        waiting.append(Waiting(run_id, priority, key, (created_at, run_id)))
-        if turn is not None:
-            served[key] = turn
+    waiting = [
+        Waiting(run_id, priority, key or "", (created_at, run_id))
+        for run_id, priority, key, created_at in await conn.fetch(
+            sql.heads, name, list(workflows), space
+        )
+    ]
+    if not waiting:
+        return Admission()
+    keys = sorted({run.partition for run in waiting})
+    served = {
+        key: turn for key, turn in await conn.fetch(sql.served, name, keys) if turn is not None
+    }
     decided = plan(space, wait, waiting=waiting, served=served, last_turn=last_turn)
     if not decided.admitted:
         return decided

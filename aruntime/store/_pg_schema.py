@@ -142,6 +142,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "WHERE queue IS NOT NULL",
         "CREATE INDEX runs_by_turn ON {s}.runs (queue, partition_key, admit_turn) "
         "WHERE admit_turn IS NOT NULL",
+        "CREATE INDEX runs_waiting ON {s}.runs "
+        '(queue, priority, partition_key, created_at, run_id COLLATE "C") '
+        "WHERE queue IS NOT NULL AND admitted_at IS NULL AND status IN ('pending', 'running')",
     ),
 )
 """`_MIGRATIONS[v]` takes a database from schema version `v` to `v + 1`."""
