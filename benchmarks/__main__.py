@@ -17,6 +17,8 @@ Examples (from the repository root)::
     python -m benchmarks takeover                          # SIGKILL a worker: takeover time
     python -m benchmarks queue --store sqlite    # 1,000 x 10 on no queue vs a queue of 100
     python -m benchmarks queue --concurrency 10 --n 200 --repeat 5
+    python -m benchmarks admission --store postgres   # one admission of 100 vs the backlog
+    python -m benchmarks admission --levels 1000,100000 --repeat 9
 
 Each repeat runs on a fresh store (a fresh database file) and a fresh runtime. With
 `--compare dbos` the repeats alternate between the systems (aruntime first on even
@@ -41,6 +43,7 @@ from typing import Any
 
 from aruntime.store import open_store
 from benchmarks import (
+    _admission,
     _floor,
     _message,
     _queue,
@@ -75,6 +78,7 @@ NAMES = (
     "wakeup",
     "message",
     "queue",
+    "admission",
 )
 CHARTED = ("throughput", "latency")
 AGAINST = ("throughput", "latency", "retry")
@@ -102,12 +106,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        help=f"queue: the queue's concurrency limit (default {_queue.DEFAULT_CONCURRENCY})",
+        help=f"queue, admission: the queue's concurrency limit (default "
+        f"{_queue.DEFAULT_CONCURRENCY}; admission: the runs each admission lets in)",
     )
     parser.add_argument(
         "--repeat",
         type=int,
-        help="measurements per system (default 5; 3 for recovery, scale, sleep and queue)",
+        help="measurements per system (default 5; 3 for recovery, scale, sleep and queue; "
+        "admission: end-and-admit cycles after the first admission, default "
+        f"{_admission.DEFAULT_CYCLES})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the replay log model")
     parser.add_argument(
@@ -126,8 +133,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--levels",
-        default="10,100,1000",
-        help="concurrent runs to chart throughput at (default 10,100,1000; --n is added)",
+        help="throughput: concurrent runs to chart throughput at (default 10,100,1000; --n "
+        "is added); admission: the backlogs of waiting runs (default "
+        + ",".join(str(w) for w in _admission.DEFAULT_LEVELS)
+        + "; under `all`, always the default)",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON lines only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -155,6 +164,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.levels is not None:
+        try:
+            levels = [int(x) for x in args.levels.split(",") if x.strip()]
+        except ValueError:
+            parser.error(f"--levels must be comma-separated integers, not {args.levels!r}")
+        if not levels or min(levels) < 1:
+            parser.error("--levels must name at least one level, each at least 1")
+        if args.workload == "admission":
+            cycles = args.repeat or _admission.DEFAULT_CYCLES
+            limit = args.concurrency or _admission.DEFAULT_CONCURRENCY
+            least = _admission.smallest_backlog(limit, cycles)
+            if min(levels) < least:
+                parser.error(
+                    f"admission: every level must be at least {least:,} waiting runs, for "
+                    f"{cycles + 1} admissions of {limit} (the first and --repeat cycles)"
+                )
     if args.against is not None:
         if args.compare is not None:
             parser.error("--against and --compare cannot be combined")
@@ -293,7 +318,7 @@ class Suite:
         levels = [workload.concurrency]
         chart = self.chart_path(name, many) if name in CHARTED else None
         if chart is not None and name == "throughput":
-            wanted = {int(x) for x in args.levels.split(",") if x.strip()}
+            wanted = {int(x) for x in (args.levels or "10,100,1000").split(",") if x.strip()}
             levels = sorted({c for c in wanted if c <= workload.runs} | {workload.concurrency})
         # An isolated side warms up in each of its processes instead.
         if not args.no_warmup and not self.isolated:
@@ -604,6 +629,90 @@ class Suite:
             )
         return rep
 
+    # -- admission --------------------------------------------------------------------
+
+    def admission(self) -> dict[str, Any]:
+        args = self.args
+        cycles = args.repeat or _admission.DEFAULT_CYCLES
+        limit = args.concurrency or _admission.DEFAULT_CONCURRENCY
+        # Under `all`, --levels is the throughput chart's: the backlogs are the defaults.
+        levels = (
+            [int(x) for x in args.levels.split(",") if x.strip()]
+            if args.levels and args.workload == "admission"
+            else list(_admission.DEFAULT_LEVELS)
+        )
+        least = _admission.smallest_backlog(limit, cycles)
+        dropped = [w for w in levels if w < least]  # only under `all` (parse_args refuses)
+        levels = [w for w in levels if w >= least]
+        cells = [(w, p) for w in levels for p in _admission.partition_counts(w)]
+        blocks: dict[str, dict[str, Any]] = {}
+        reason = self.aruntime.unavailable()
+        if reason is not None:
+            blocks["aruntime"] = {"skipped": reason}
+        else:
+            if not args.no_warmup:
+                _admission.measure(
+                    self.store,
+                    self.workdir / "admission-warmup",
+                    waiting=2 * limit,
+                    partitions=10,
+                    limit=limit,
+                    cycles=1,
+                )
+                self.settle()
+            with self.progress("admission", sum(w for w, _ in cells)) as progress:
+                measured = _admission.run_all(
+                    self.store,
+                    self.workdir,
+                    levels,
+                    limit=limit,
+                    cycles=cycles,
+                    progress=progress,
+                    settle=self.settle,
+                )
+            figures: dict[str, Any] = {}
+            for cell in measured:
+                figures.update(cell.figures())
+            blocks["aruntime"] = {
+                "version": self.aruntime.version(),
+                **self.store.describe(),
+                "repeats": cycles,
+                "figures": figures,
+            }
+        rep = self._report(
+            "admission",
+            workload=None,
+            repeat=cycles,
+            blocks=blocks,
+            figures=[],
+            description=(
+                f"one admission of {limit} runs from a backlog of W waiting runs in P "
+                "partitions, each (W, P) on a fresh store"
+            ),
+        )
+        rep["config"].update(
+            levels=levels,
+            cells=cells,
+            queue_concurrency=limit,
+            cycles=cycles,
+            starts_per_gather=_admission.BURST,
+        )
+        if dropped:
+            rep["notes"].append(
+                f"not measured: backlogs {dropped} hold fewer than the {least:,} runs that "
+                f"{cycles + 1} admissions of {limit} need"
+            )
+        if reason is None:
+            rep["notes"] += [
+                "first: the admission right after the burst of starts; admission: each of "
+                f"the {cycles} after it, once the {limit} runs admitted before ended "
+                "(median [min .. max]); figures w{W}_p{P}_first_ms and w{W}_p{P}_admit_ms",
+                f"checked: every admission let in exactly {limit} runs, none twice, each "
+                "started and never admitted before, and the store shows exactly those "
+                "admitted (see benchmarks/_admission.py)",
+            ]
+        return rep
+
     # -- sleep ------------------------------------------------------------------------
 
     def sleep(self) -> dict[str, Any]:
@@ -820,6 +929,14 @@ class Suite:
         elif name == "queue":
             rep = self.queue()
             figures = report.FIGURES[name]
+        elif name == "admission":
+            rep = self.admission()
+            if not self.args.json:
+                print(_admission.render_table(rep))
+                for line in rep["notes"]:
+                    print(f"  note: {line}")
+            print(report.json_line(rep), flush=True)
+            return
         elif name == "recovery":
             rep = self.recovery()
             figures = report.FIGURES[name]
@@ -849,7 +966,7 @@ def main(argv: Sequence[str] | None = None, *, configure: bool = True) -> int:
             suite = Suite(args, Path(tmp), raw)
             for name in names:
                 suite.run(name, many=len(names) > 1)
-        except (AgainstError, _queue.QueueCheckError) as exc:
+        except (AgainstError, _queue.QueueCheckError, _admission.AdmissionCheckError) as exc:
             note(f"error: {exc}")
             return 2
     return 0

@@ -24,7 +24,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as cli  # noqa: E402 - needs the path set above
-from benchmarks import _dbos_side, _queue, _sleep, report  # noqa: E402
+from benchmarks import _admission, _dbos_side, _queue, _sleep, report  # noqa: E402
 from benchmarks._harness import git  # noqa: E402
 
 STORES = ["memory", "sqlite"]
@@ -168,6 +168,38 @@ def test_queue_compares_queued_with_plain_runs_and_checks_the_limit(
     ]
     with pytest.raises(_queue.QueueCheckError, match="more than 1"):
         _queue.check_runs(overlapping, {"r0": 1.5, "r1": 1.5}, 2, 1, exact_admitted=False)
+
+
+@store_ids
+def test_admission_times_each_admission_and_checks_what_it_let_in(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """Admission times the first admission of C and the cycles after it for each backlog W
+    over 10 and W/10 partitions, each admission checked to let in C distinct runs never
+    admitted before; the check fails on a short, repeated or stranger admission."""
+    argv = ["--store", store, "--levels", "30,60", "--concurrency", "5", "--repeat", "2"]
+    rep = run(capsys, "admission", *argv)
+    assert rep["config"]["cells"] == [[30, 3], [30, 10], [60, 6], [60, 10]]
+    figures = rep["sides"]["aruntime"]["figures"]
+    for waiting, partitions in rep["config"]["cells"]:
+        key = f"w{waiting}_p{partitions}"
+        assert figures[f"{key}_first_ms"]["median"] > 0
+        assert len(figures[f"{key}_admit_ms"]["values"]) == 2
+        assert figures[f"{key}_admitted"]["values"] == [5, 5, 5]
+        # Fair turns: each admission spreads over as many partitions as it can.
+        assert figures[f"{key}_partitions_admitted"]["min"] == min(5, partitions)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["admission", "--levels", "10", "--concurrency", "5"])
+    started, seen = {"a", "b", "c"}, set[str]()
+    _admission.check_admission(["a", "b"], 2, started, seen, "t")
+    for got, problem in (
+        (["c"], "admitted 1 runs, expected 2"),
+        (["c", "c"], "more than once"),
+        (["c", "d"], "never started"),
+        (["b", "c"], "already admitted before"),
+    ):
+        with pytest.raises(_admission.AdmissionCheckError, match=problem):
+            _admission.check_admission(got, 2, started, set(seen), "t")
 
 
 @pytest.mark.skipif(not _sqlite_available(), reason="no SQLite store")
