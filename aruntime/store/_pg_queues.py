@@ -57,18 +57,23 @@ SELECT t.now,
           WHERE queue = $1 AND {_ANY_STATUS} AND $2::float8 IS NOT NULL
             AND admitted_at > t.now - $2::float8) AS recent
 FROM t"""
-        # The first $3 waiting runs of each (priority, partition), in the order
-        # `Waiting.order` sorts them (run ids compared as Python compares str). One scan
-        # of the queue's waiting runs and a sort, whatever the planner believes of the
-        # table: a plan per partition goes wrong by orders of magnitude when the
-        # statistics lag behind a burst of starts.
+        # The first waiting runs of each (priority, partition), in the order
+        # `Waiting.order` sorts them (run ids compared as Python compares str): $3 of
+        # each, or one of each in a priority with at least $3 partitions (a partition's
+        # second run comes after every other partition's first). One scan of the
+        # queue's waiting runs and a sort, whatever the planner believes of the table:
+        # a plan per partition goes wrong by orders of magnitude when the statistics lag
+        # behind a burst of starts.
         self.heads = f"""
 SELECT run_id, priority, partition_key, created_at FROM (
-    SELECT r.run_id, r.priority, r.partition_key, r.created_at,
-           row_number() OVER (PARTITION BY r.priority, r.partition_key
-                              ORDER BY r.created_at, r.run_id COLLATE "C") AS place
-    FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
-WHERE place <= $3"""
+    SELECT w.*, count(*) FILTER (WHERE place = 1) OVER (PARTITION BY priority) AS keys
+    FROM (
+        SELECT r.run_id, r.priority, r.partition_key, r.created_at,
+               row_number() OVER (PARTITION BY r.priority, r.partition_key
+                                  ORDER BY r.created_at, r.run_id COLLATE "C") AS place
+        FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
+    WHERE place <= $3) v
+WHERE place = 1 OR keys < $3"""
         # The latest turn of each partition $2, read backwards off its index.
         self.served = f"""
 SELECT k.key, (

@@ -23,10 +23,18 @@ _RECENT = (
     "SELECT admitted_at FROM runs WHERE queue = ? "
     "AND status IN ('running', 'completed', 'failed', 'cancelled') AND admitted_at > ?"
 )
+_WAITING_IN = (
+    "FROM runs INDEXED BY runs_waiting WHERE queue = ? AND admitted_at IS NULL "
+    "AND status = 'running' AND "
+)
+# Two seeks, not one on `(priority, partition_key) > (?, ?)`: SQLite seeks that to the
+# current partition's first entry and reads through all of its runs.
 _NEXT_KEY = (
-    "SELECT priority, partition_key FROM runs INDEXED BY runs_waiting "
-    "WHERE queue = ? AND admitted_at IS NULL "
-    "AND status = 'running' AND (priority, partition_key) > (?, ?) "
+    f"SELECT partition_key {_WAITING_IN} priority = ? AND partition_key > ? "
+    "ORDER BY partition_key LIMIT 1"
+)
+_NEXT_PRIORITY = (
+    f"SELECT priority, partition_key {_WAITING_IN} priority > ? "
     "ORDER BY priority, partition_key LIMIT 1"
 )
 _HEADS = (
@@ -95,24 +103,18 @@ def _heads(conn: sqlite3.Connection, name: str, names: str, space: int) -> list[
     """
     waiting: list[Waiting] = []
     left = space
-    after: tuple[int, str] = (-MAX_PRIORITY - 1, "")
-    level: list[str] = []
-    priority: int | None = None
-    while left > 0:
-        row = conn.execute(_NEXT_KEY, (name, *after)).fetchone()
-        if row is not None and (priority is None or row[0] == priority):
-            priority = row[0]
-            level.append(row[1])
-            after = (row[0], row[1])
-            continue
-        if priority is not None:  # a priority read whole: its heads
-            each = 1 if len(level) >= left else left
-            for key in level:
-                found = conn.execute(_HEADS, (name, priority, key, names, each)).fetchall()
-                waiting += [Waiting(run_id, priority, key, (at, run_id)) for run_id, at in found]
-                left -= len(found)
-        if row is None:
-            break
-        priority, level = row[0], [row[1]]
-        after = (row[0], row[1])
+    row = conn.execute(_NEXT_PRIORITY, (name, -MAX_PRIORITY - 1)).fetchone()
+    while row is not None and left > 0:
+        priority, key = row
+        level = [key]
+        while (
+            found := conn.execute(_NEXT_KEY, (name, priority, level[-1])).fetchone()
+        ) is not None:
+            level.append(found[0])
+        each = 1 if len(level) >= left else left
+        for key in level:
+            heads = conn.execute(_HEADS, (name, priority, key, names, each)).fetchall()
+            waiting += [Waiting(run_id, priority, key, (at, run_id)) for run_id, at in heads]
+            left -= len(heads)
+        row = conn.execute(_NEXT_PRIORITY, (name, priority)).fetchone()
     return waiting
