@@ -37,7 +37,9 @@ def fork_log(
 
     A run deadline (`timeout=` at the start) is a span from the run's start: the fork,
     made at `now`, gets the same span from then on, not the origin's wall-clock deadline
-    (long past when the fork of a failed run is made after the fix).
+    (long past when the fork of a failed run is made after the fix). The fork's
+    `RunStarted` is dated `now`: it is created then, and waits in its queue, if it is on
+    one, behind the runs started before it.
 
     Raises:
         ValueError: the log is empty, or holds no operation at `at`.
@@ -58,6 +60,7 @@ def fork_log(
         forked_at=at,
         parent=None,
         deadline=deadline,
+        at=origin.at if now is None else now,
     )
     return [started, *events[1:cut]]
 

@@ -116,6 +116,7 @@ async def start_child(
     """
     runner = _runner("aruntime.start_child")
     placement = check_placement(queue, priority, partition_key)
+    runner.check_queue(queue)
     handle = await _runner_ops.start_child(
         runner, workflow, args, kwargs, run_id, placement=placement
     )

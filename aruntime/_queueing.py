@@ -13,7 +13,6 @@ instead (`aruntime._fleet`), for every worker at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
@@ -38,13 +37,14 @@ class Admitter:
         store: EventStore,
         clock: Clock,
         queues: Mapping[str, Queue],
-        workflows: Collection[str],
+        workflows: Callable[[], Collection[str]],
         spawn: Callable[[str], None],
     ) -> None:
         self._store = store
         self._clock = clock
         self._queues = dict(queues)
-        self._workflows = frozenset(workflows)
+        self._workflows = workflows
+        """The workflows the runtime knows now (a `@workflow` may be declared later)."""
         self._spawn = spawn
         self._wake = asyncio.Event()
         self._stopped = False
@@ -66,7 +66,9 @@ class Admitter:
         while not self._stopped:
             self._wake.clear()
             try:
-                admission = await self._store.admit(self._queues, self._workflows, self._clock.now)
+                admission = await self._store.admit(
+                    self._queues, frozenset(self._workflows()), self._clock.now
+                )
             except Exception as exc:  # the store fails: nothing was admitted, try again
                 failures += 1
                 delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))
@@ -82,5 +84,18 @@ class Admitter:
                 self.admitted += len(admission.admitted)
                 logger.info("queue.admitted", runs=len(admission.admitted))
                 continue  # more may fit, or the rate says when: look again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), admission.wait)
+            await self._pause(admission.wait)
+
+    async def _pause(self, wait: float | None) -> None:
+        """Until woken, or `wait` seconds pass on the runtime's clock (a fake one too)."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        if wait is None:
+            await woken
+            return
+        timer = asyncio.ensure_future(self._clock.sleep(wait))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (woken, timer):
+                task.cancel()
+            await asyncio.gather(woken, timer, return_exceptions=True)

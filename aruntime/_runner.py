@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -92,6 +92,7 @@ from aruntime.events import (
     StepStarted,
     op_identity,
 )
+from aruntime.queues import Queue, check_declared
 from aruntime.state import RunState, fold_into
 from aruntime.store._changes import ChangeSignal
 
@@ -164,6 +165,7 @@ class Runner:
         "_mail",
         "_pending",
         "_previous_death",
+        "_queues",
         "_random",
         "_reaped",
         "_reaping",
@@ -191,6 +193,7 @@ class Runner:
         lock: asyncio.Lock,
         previous_death: BaseException | None = None,
         flusher: Flusher | None = None,
+        queues: Mapping[str, Queue] | None = None,
     ) -> None:
         assert state.run_id is not None
         self.run_id: str = state.run_id
@@ -202,6 +205,8 @@ class Runner:
         self._serializer = serializer
         self._random = random
         self._lock = lock
+        self._queues = queues
+        """The queues its runtime declares (None: children's queues are not checked)."""
         self._previous_death = previous_death
         """Why this run's previous runner in this process died, if it did."""
         self._abort: BaseException | None = None
@@ -231,6 +236,11 @@ class Runner:
         self._loser_paths: list[str] = []
         """Branches that lost an `aruntime.first`: their recorded operations may stay
         unvisited."""
+
+    def check_queue(self, queue: Queue | str | None) -> None:
+        """Refuse a child's queue that the runtime does not declare (`check_declared`)."""
+        if self._queues is not None:
+            check_declared(self._queues, queue)
 
     # -- the run as a whole ------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ from aruntime.errors import (
     UnknownWorkflowError,
     UntrackedTaskError,
 )
+from aruntime.queues import Queue
 from aruntime.state import RunState, replay
 
 if TYPE_CHECKING:
@@ -143,8 +144,11 @@ class Supervisor:
         budget: RestartBudget,
         on_exit: Callable[[str, RunState | None], None],
         owns: Callable[[str], bool] | None = None,
+        queues: Mapping[str, Queue] | None = None,
     ) -> None:
         self._group = group
+        self._queues = queues
+        """The queues the runtime declares, for its runs' children (None: not checked)."""
         self._owns = owns
         """Whether this process may run a run (None: every run of its store is its own)."""
         self._store = store
@@ -397,6 +401,7 @@ class Supervisor:
             lock=lock,
             previous_death=death,
             flusher=self._flusher,
+            queues=self._queues,
         )
 
     async def _park(self, run_id: str, reason: BaseException | str) -> None:

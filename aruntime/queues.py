@@ -26,7 +26,7 @@ ends at once, without running.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aruntime.errors import ConfigError
@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PRIORITY",
     "Queue",
     "Rate",
+    "check_declared",
     "check_placement",
     "queues_by_name",
     "registered_queues",
@@ -178,11 +179,41 @@ def queues_by_name(queues: Iterable[Queue]) -> dict[str, Queue]:
     Raises:
         ConfigError: an item is not a Queue, or two of them share a name.
     """
+    if isinstance(queues, Queue | str):
+        raise ConfigError(f"queues takes a list of Queue, not one: [{queues!r:.80}]")
+    try:
+        items = list(queues)
+    except TypeError:
+        raise ConfigError(f"queues takes a list of Queue, not {queues!r:.80}") from None
     found: dict[str, Queue] = {}
-    for queue in queues:
+    for queue in items:
         if not isinstance(queue, Queue):
             raise ConfigError(f"not a Queue: {queue!r:.80}")
         if queue.name in found and not found[queue.name].same_limits(queue):
             raise ConfigError(f"queue {queue.name!r} is declared twice with different limits")
         found[queue.name] = queue
     return found
+
+
+def check_declared(declared: Mapping[str, Queue], queue: Queue | str | None) -> None:
+    """Refuse a queue that `declared` (a runtime's queues) does not hold, or holds with
+    other limits than the `Queue` passed: nothing there would admit its runs.
+
+    Raises:
+        ConfigError: as said.
+    """
+    if queue is None:
+        return
+    name = queue.name if isinstance(queue, Queue) else queue
+    known = declared.get(name)
+    if known is None:
+        raise ConfigError(
+            f"queue {name!r} is not declared in this runtime, so nothing here would admit "
+            f"its runs: make aruntime.Queue({name!r}, ...) before the runtime opens, or pass "
+            "it in Runtime(queues=[...])"
+        )
+    if isinstance(queue, Queue) and not queue.same_limits(known):
+        raise ConfigError(
+            f"queue {name!r} is declared here with concurrency={known.concurrency!r}, "
+            f"rate={known.rate!r}, not the limits of the Queue passed"
+        )

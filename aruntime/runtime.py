@@ -48,7 +48,13 @@ from aruntime.events import (
     RunResumed,
     RunStarted,
 )
-from aruntime.queues import Queue, check_placement, queues_by_name, registered_queues
+from aruntime.queues import (
+    Queue,
+    check_declared,
+    check_placement,
+    queues_by_name,
+    registered_queues,
+)
 from aruntime.serializer import JsonSerializer, Serializer
 from aruntime.state import RunState, RunStatus, StepStatus, fold_into, replay
 from aruntime.store import (
@@ -210,6 +216,7 @@ class Runtime:
             budget=self.config.restart_budget,
             on_exit=self._run_exited,
             owns=None if shared is None else shared.holds,
+            queues=self._queues,
         )
         fleet = self._fleet = (
             None
@@ -232,7 +239,7 @@ class Runtime:
                         store=self.store,
                         clock=self.clock,
                         queues=self._queues,
-                        workflows=self._known_workflows(),
+                        workflows=self._known_workflows,
                         spawn=self._supervisor.spawn,
                     )
                     group.create_task(admitter.serve(), name="aruntime admissions")
@@ -386,7 +393,7 @@ class Runtime:
         """
         supervisor = self._require_supervisor()
         queue_name, priority, partition_key = check_placement(queue, priority, partition_key)
-        self._check_declared(queue, queue_name)
+        check_declared(self._queues or {}, queue)
         if not isinstance(workflow, Workflow):
             raise ConfigError(f"start() needs a @workflow, got {workflow!r}")
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
@@ -433,27 +440,6 @@ class Runtime:
         fold_into(state, (event,))
         supervisor.spawn(run_id, state)
         return RunHandle(self, run_id, workflow)
-
-    def _check_declared(self, queue: Queue | str | None, name: str | None) -> None:
-        """Refuse a queue this runtime does not admit from, or declares with other limits.
-
-        Raises:
-            ConfigError: as said.
-        """
-        if name is None:
-            return
-        declared = (self._queues or {}).get(name)
-        if declared is None:
-            raise ConfigError(
-                f"queue {name!r} is not declared in this runtime, so nothing here would "
-                f"admit its runs: make aruntime.Queue({name!r}, ...) before the runtime "
-                "opens, or pass it in Runtime(queues=[...])"
-            )
-        if isinstance(queue, Queue) and not queue.same_limits(declared):
-            raise ConfigError(
-                f"queue {name!r} is declared here with concurrency={declared.concurrency!r}, "
-                f"rate={declared.rate!r}, not the limits of the Queue passed"
-            )
 
     def _queued(self) -> None:
         """A run waits for its queue now: look at what may be admitted."""

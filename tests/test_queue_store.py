@@ -198,3 +198,18 @@ async def test_a_file_of_schema_version_3_gains_queues_and_keeps_its_runs(tmp_pa
         await add(owner, queued("new", 2.0))
         assert await admit(owner, Queue("q", concurrency=1, register=False)) == ["new"]
         assert [i.run_id for i in await owner.list_runs()] == ["old", "new"]
+
+
+async def test_partitions_with_nothing_to_admit_do_not_hand_the_places_to_lower_priorities(
+    store: EventStore,
+) -> None:
+    """A priority's runs go first even when most of its partitions hold runs left for
+    another runtime: the places are not handed to a lower priority."""
+    queue = Queue("q", concurrency=3, register=False)
+    await add(
+        store,
+        *(queued(f"x{key}", 1.0 + i, key=key, workflow="elsewhere") for i, key in enumerate("abc")),
+        *(queued(f"z{i}", 2.0 + i / 10, key="z") for i in range(3)),
+        *(queued(f"low{i}", 0.5 + i / 10, priority=5) for i in range(3)),
+    )
+    assert await admit(store, queue) == ["z0", "z1", "z2"]

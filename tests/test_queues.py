@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +15,17 @@ from aruntime import (
     Client,
     ConfigError,
     RunCancelledError,
+    RunFailedError,
     RunStatus,
     Runtime,
     receive,
+    run_child,
     start_child,
     step,
     workflow,
 )
 from aruntime.queues import Queue, Rate
+from aruntime.testing import FakeClock
 
 SERIAL = Queue("queues_test.serial", concurrency=1, register=False)
 PAIRS = Queue("queues_test.pairs", concurrency=2, register=False)
@@ -319,3 +323,49 @@ async def test_a_message_sent_to_a_waiting_run_is_received_once_admitted(
             board.gate.set()
             await busy.result()
             assert await waiting.result() == "early"
+
+
+async def test_the_rate_follows_the_runtimes_clock() -> None:
+    """On a fake clock the rate's waits pass as the clock jumps, not in real time."""
+    board.reset()
+    hourly = Queue("queues_test.hourly", rate=Rate(1, per=3600), register=False)
+    async with Runtime(workflows=[job], queues=[hourly], clock=FakeClock(autojump=True)) as rt:
+        handles = [await rt.start(job, f"h{i}", queue=hourly) for i in range(3)]
+        async with asyncio.timeout(10):
+            results = [await handle.result() for handle in handles]
+        infos = [await rt.store.get_run(handle.run_id) for handle in handles]
+    assert results == ["H0", "H1", "H2"]
+    times = [i.admitted_at for i in infos if i is not None and i.admitted_at is not None]
+    assert [b - a >= 3600 for a, b in itertools.pairwise(times)] == [True, True]
+
+
+async def test_a_workflow_declared_after_the_runtime_opened_is_admitted() -> None:
+    """The admitter asks the runtime what it knows at each admission."""
+    async with Runtime(queues=[SERIAL]) as rt:
+
+        @workflow(name="queues_test.late")
+        async def late() -> str:
+            return "late"
+
+        handle = await rt.start(late, queue=SERIAL)
+        async with asyncio.timeout(10):
+            assert await handle.result() == "late"
+
+
+def test_a_lone_queue_instead_of_a_list_is_refused() -> None:
+    """`Runtime(queues=q)` raises ConfigError saying it wants a list."""
+    with pytest.raises(ConfigError, match="list of Queue"):
+        Runtime(queues=SERIAL)  # type: ignore[arg-type]
+
+
+@workflow(name="queues_test.typo")
+async def typo() -> str:
+    return await run_child(job, "child", queue="queues_test.no-such-queue")
+
+
+async def test_a_child_on_a_queue_the_runtime_does_not_declare_fails_the_run() -> None:
+    """A typo in a child's queue fails its parent with ConfigError instead of a wait."""
+    async with Runtime(workflows=[job, typo], queues=[SERIAL]) as rt:
+        handle = await rt.start(typo)
+        with pytest.raises(RunFailedError, match="not declared"):
+            await handle.result()

@@ -98,8 +98,8 @@ def _heads(conn: sqlite3.Connection, name: str, names: str, space: int) -> list[
 
     The partitions are found by walking the waiting runs' index from key to key, so an
     admission reads a few rows per partition, not every waiting run. With at least
-    `space` partitions in a priority, one run of each is enough (a partition's second run
-    comes after every other partition's first).
+    `space` partitions holding runs that may be admitted in a priority, one run of each
+    is enough (a partition's second run comes after every other partition's first).
     """
     waiting: list[Waiting] = []
     left = space
@@ -111,10 +111,19 @@ def _heads(conn: sqlite3.Connection, name: str, names: str, space: int) -> list[
             found := conn.execute(_NEXT_KEY, (name, priority, level[-1])).fetchone()
         ) is not None:
             level.append(found[0])
-        each = 1 if len(level) >= left else left
-        for key in level:
-            heads = conn.execute(_HEADS, (name, priority, key, names, each)).fetchall()
+        firsts = [(key, _take(conn, name, names, priority, key, 1)) for key in level]
+        firsts = [(key, heads) for key, heads in firsts if heads]
+        if len(firsts) < left:  # too few partitions to fill the space one run each
+            firsts = [(key, _take(conn, name, names, priority, key, left)) for key, _ in firsts]
+        for key, heads in firsts:
             waiting += [Waiting(run_id, priority, key, (at, run_id)) for run_id, at in heads]
             left -= len(heads)
         row = conn.execute(_NEXT_PRIORITY, (name, priority)).fetchone()
     return waiting
+
+
+def _take(  # noqa: PLR0917 - a private helper of `_heads`, called positionally
+    conn: sqlite3.Connection, name: str, names: str, priority: int, key: str, count: int
+) -> list[tuple[str, float]]:
+    """The first `count` runs of the partition that this runtime may admit."""
+    return conn.execute(_HEADS, (name, priority, key, names, count)).fetchall()

@@ -119,16 +119,20 @@ class _QueueBook:
                 levels.setdefault(priority, []).append(line)
         heads: list[Waiting] = []
         left = space
+
+        def take(line: dict[str, _Row], count: int) -> list[Waiting]:
+            eligible = (
+                row.waiting(run_id)
+                for run_id, row in line.items()
+                if row.parked_reason is None and row.workflow in workflows
+            )
+            return list(itertools.islice(eligible, count))
+
         for priority in sorted(levels):
-            lines = levels[priority]
-            each = 1 if len(lines) >= left else left
-            for line in lines:
-                eligible = (
-                    row.waiting(run_id)
-                    for run_id, row in line.items()
-                    if row.parked_reason is None and row.workflow in workflows
-                )
-                found = list(itertools.islice(eligible, each))
+            firsts = [(line, found) for line in levels[priority] if (found := take(line, 1))]
+            if len(firsts) < left:  # too few partitions to fill the space one run each
+                firsts = [(line, take(line, left)) for line, _ in firsts]
+            for _, found in firsts:
                 heads += found
                 left -= len(found)
             if left <= 0:
@@ -139,16 +143,21 @@ class _QueueBook:
         self.waiting.setdefault(_line_of(row), {})[run_id] = row
 
     def admit(self, run_id: str, row: _Row, at: float) -> None:
-        self.waiting[_line_of(row)].pop(run_id)
+        self._leave(run_id, row)
         self.admitted.add(run_id)
         self.times.append(at)
         self.served[row.started.partition_key or ""] = self.last_turn = row.turn
 
     def ended(self, run_id: str, row: _Row) -> None:
         self.admitted.discard(run_id)
-        line = self.waiting.get(_line_of(row))
-        if line is not None:
-            line.pop(run_id, None)
+        self._leave(run_id, row)
+
+    def _leave(self, run_id: str, row: _Row) -> None:
+        """`run_id` waits no more; a partition left without waiting runs is forgotten."""
+        key = _line_of(row)
+        line = self.waiting.get(key)
+        if line is not None and line.pop(run_id, None) is not None and not line:
+            del self.waiting[key]
 
 
 def _line_of(row: _Row) -> tuple[int, str]:
