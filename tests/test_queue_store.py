@@ -213,3 +213,22 @@ async def test_partitions_with_nothing_to_admit_do_not_hand_the_places_to_lower_
         *(queued(f"low{i}", 0.5 + i / 10, priority=5) for i in range(3)),
     )
     assert await admit(store, queue) == ["z0", "z1", "z2"]
+
+
+async def test_removing_ended_runs_resets_neither_the_rate_nor_the_turns(
+    store: EventStore,
+) -> None:
+    """Deleting and pruning ended runs leaves the queue's window and standings as they were."""
+    queue = Queue("q", rate=Rate(1, per=3600), register=False)
+    await add(
+        store, queued("a0", 1.0, key="a"), queued("a1", 1.1, key="a"), queued("b0", 2.0, key="b")
+    )
+    assert await admit(store, queue) == ["a0"]
+    await end(store, "a0")
+    await store.delete_run("a0")
+    held = await store.admit({"q": queue}, FLOW, time.time)
+    assert held.run_ids == []
+    assert held.wait is not None
+    assert held.wait > 3000
+    fair = Queue("q", concurrency=1, register=False)  # the same runs, without the rate
+    assert await admit(store, fair) == ["b0"]  # a was served last, even though a0 is gone

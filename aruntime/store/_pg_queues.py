@@ -7,6 +7,9 @@ room, and the concurrency and rate limits hold for the fleet as a whole. Every c
 read after the lock is taken, in a statement of its own (a read-committed snapshot taken
 after the previous holder committed). Admission times are the database's clock, read
 under the lock, so that one queue's admissions are stamped in the order they happened.
+A queue's admission times inside its rate's window and its partitions' latest turns are
+kept in tables of their own, not read off the runs: removing ended runs resets neither
+the rate nor the fair turns.
 
 What to admit is decided by `aruntime._admission`, as in every store; this module only
 gathers its facts and records its decision.
@@ -23,9 +26,6 @@ from aruntime.queues import Queue
 __all__ = ["QueueStatements", "admit_queue"]
 
 _UNFINISHED = "status IN ('pending', 'running')"
-_ANY_STATUS = "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')"
-"""Every status: lets the window's scan descend the `(queue, status, admitted_at)` index
-once per status instead of reading the queue's whole history."""
 
 
 class QueueStatements:
@@ -53,9 +53,8 @@ WITH t AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
 SELECT t.now,
     (SELECT count(*) FROM {s}.runs
      WHERE queue = $1 AND admitted_at IS NOT NULL AND {_UNFINISHED}) AS unfinished,
-    ARRAY(SELECT admitted_at FROM {s}.runs
-          WHERE queue = $1 AND {_ANY_STATUS} AND $2::float8 IS NOT NULL
-            AND admitted_at > t.now - $2::float8) AS recent
+    ARRAY(SELECT at FROM {s}.queue_admissions
+          WHERE queue = $1 AND $2::float8 IS NOT NULL AND at > t.now - $2::float8) AS recent
 FROM t"""
         # The first waiting runs of each (priority, partition), in the order
         # `Waiting.order` sorts them (run ids compared as Python compares str): $3 of
@@ -74,13 +73,19 @@ SELECT run_id, priority, partition_key, created_at FROM (
         FROM {s}.runs r WHERE r.queue = $1 AND {waiting}) w
     WHERE place <= $3) v
 WHERE place = 1 OR keys < $3"""
-        # The latest turn of each partition $2, read backwards off its index.
-        self.served = f"""
-SELECT k.key, (
-    SELECT admit_turn FROM {s}.runs
-    WHERE queue = $1 AND partition_key = k.key AND admit_turn IS NOT NULL
-    ORDER BY admit_turn DESC LIMIT 1)
-FROM unnest($2::text[]) AS k(key)"""
+        # The latest turn of each partition $2.
+        self.served = (
+            f"SELECT partition_key, turn FROM {s}.queue_partitions "
+            "WHERE queue = $1 AND partition_key = ANY($2::text[])"
+        )
+        self.set_served = f"""
+INSERT INTO {s}.queue_partitions (queue, partition_key, turn)
+SELECT $1, k.key, k.turn FROM unnest($2::text[], $3::bigint[]) AS k(key, turn)
+ON CONFLICT (queue, partition_key) DO UPDATE SET turn = excluded.turn"""
+        # $2: the time, $3: how many admissions then, $4: the rate's period.
+        self.note_admissions = f"""
+WITH gone AS (DELETE FROM {s}.queue_admissions WHERE queue = $1 AND at <= $2 - $4::float8)
+INSERT INTO {s}.queue_admissions (queue, at) SELECT $1, $2 FROM generate_series(1, $3)"""
         # Still waiting when marked: a run that ended or was parked meanwhile is not.
         self.mark = f"""
 UPDATE {s}.runs r SET admitted_at = $2, admit_turn = c.turn
@@ -112,9 +117,7 @@ async def admit_queue(
     if not waiting:
         return Admission()
     keys = sorted({run.partition for run in waiting})
-    served = {
-        key: turn for key, turn in await conn.fetch(sql.served, name, keys) if turn is not None
-    }
+    served = {row[0]: row[1] for row in await conn.fetch(sql.served, name, keys)}
     decided = plan(space, wait, waiting=waiting, served=served, last_turn=last_turn)
     if not decided.admitted:
         return decided
@@ -123,4 +126,9 @@ async def admit_queue(
     marked = {row[0] for row in await conn.fetch(sql.mark, name, now, ids, turns)}
     await conn.execute(sql.last_turn, name, max(turns))
     decided.admitted = [(run_id, turn) for run_id, turn in decided.admitted if run_id in marked]
+    partitions = {run.run_id: run.partition for run in waiting}
+    standings = {partitions[run_id]: turn for run_id, turn in decided.admitted}
+    await conn.execute(sql.set_served, name, list(standings), list(standings.values()))
+    if per is not None and decided.admitted:
+        await conn.execute(sql.note_admissions, name, now, len(decided.admitted), per)
     return decided

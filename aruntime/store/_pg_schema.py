@@ -10,6 +10,8 @@ Schema (version 2), in a PostgreSQL schema of its own (`aruntime` unless the URL
              queue, priority, partition_key,      its place in a queue (version 2)
              admitted_at, admit_turn)
     queues  (name PRIMARY KEY, last_turn)         one row per queue: its admission lock
+    queue_partitions (queue, partition_key, turn) each partition's latest turn
+    queue_admissions (queue, at)                  admission times inside a rate's window
     events  (run_id, sequence) PRIMARY KEY, type, at, data, checksum,
              epoch, writer, written_at            who wrote the row, under which claim
     inbox   (id bigserial PRIMARY KEY, kind, run_id, at, data, checksum)
@@ -140,8 +142,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE {s}.queues (name text PRIMARY KEY, last_turn bigint NOT NULL)",
         "CREATE INDEX runs_by_queue ON {s}.runs (queue, status, admitted_at) "
         "WHERE queue IS NOT NULL",
-        "CREATE INDEX runs_by_turn ON {s}.runs (queue, partition_key, admit_turn) "
-        "WHERE admit_turn IS NOT NULL",
+        "CREATE TABLE {s}.queue_partitions (queue text NOT NULL, partition_key text NOT NULL, "
+        "turn bigint NOT NULL, PRIMARY KEY (queue, partition_key))",
+        "CREATE TABLE {s}.queue_admissions (queue text NOT NULL, at double precision NOT NULL)",
+        "CREATE INDEX queue_admissions_by_time ON {s}.queue_admissions (queue, at)",
         "CREATE INDEX runs_waiting ON {s}.runs "
         '(queue, priority, partition_key, created_at, run_id COLLATE "C") '
         "WHERE queue IS NOT NULL AND admitted_at IS NULL AND status IN ('pending', 'running')",

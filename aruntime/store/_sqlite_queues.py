@@ -2,7 +2,10 @@
 
 The writer's transaction is the queue's lock: one process owns the file and one thread
 writes it, so counting the admitted runs, choosing and marking them are never
-interleaved with another admission.
+interleaved with another admission. A queue's recent admission times and its
+partitions' standings are kept in tables of their own (`queue_admissions`,
+`queue_partitions`), not read off the runs: removing ended runs (`delete_run`, `prune`)
+neither resets the rate's window nor the fair turns.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ __all__ = ["admit"]
 _UNFINISHED = (
     "SELECT count(*) FROM runs WHERE queue = ? AND status = 'running' AND admitted_at IS NOT NULL"
 )
-_RECENT = (
-    "SELECT admitted_at FROM runs WHERE queue = ? "
-    "AND status IN ('running', 'completed', 'failed', 'cancelled') AND admitted_at > ?"
-)
+_RECENT = "SELECT at FROM queue_admissions WHERE queue = ? AND at > ?"
+_NOTE_ADMISSION = "INSERT INTO queue_admissions (queue, at) VALUES (?, ?)"
+_FORGET_ADMISSIONS = "DELETE FROM queue_admissions WHERE queue = ? AND at <= ?"
 _WAITING_IN = (
     "FROM runs INDEXED BY runs_waiting WHERE queue = ? AND admitted_at IS NULL "
     "AND status = 'running' AND "
@@ -45,8 +47,12 @@ _HEADS = (
     "ORDER BY created_at, run_id LIMIT ?"
 )
 _SERVED = (
-    "SELECT partition_key, max(admit_turn) FROM runs WHERE queue = ? AND admit_turn IS NOT NULL "
-    "AND partition_key IN (SELECT value FROM json_each(?)) GROUP BY partition_key"
+    "SELECT partition_key, turn FROM queue_partitions WHERE queue = ? "
+    "AND partition_key IN (SELECT value FROM json_each(?))"
+)
+_SET_SERVED = (
+    "INSERT INTO queue_partitions (queue, partition_key, turn) VALUES (?, ?, ?) "
+    "ON CONFLICT (queue, partition_key) DO UPDATE SET turn = excluded.turn"
 )
 _LAST_TURN = "SELECT last_turn FROM queues WHERE name = ?"
 _MARK = "UPDATE runs SET admitted_at = ?, admit_turn = ? WHERE run_id = ?"
@@ -86,10 +92,28 @@ def admit(
             space, wait, waiting=waiting, served=served, last_turn=0 if row is None else row[0]
         )
         if decided.admitted:
-            conn.executemany(_MARK, [(at, turn, run_id) for run_id, turn in decided.admitted])
-            conn.execute(_SET_TURN, (name, decided.admitted[-1][1]))
+            _record(conn, name, queue, decided, {run.run_id: run.partition for run in waiting}, at)
         admission.merge(decided)
     return admission
+
+
+def _record(  # noqa: PLR0917 - a private helper of `admit`, called positionally
+    conn: sqlite3.Connection,
+    name: str,
+    queue: Queue,
+    decided: Admission,
+    partitions: Mapping[str, str],
+    at: float,
+) -> None:
+    """Mark the runs admitted, and note the queue's last turn, its partitions' standings
+    and, for its rate, the admission times still inside the window."""
+    conn.executemany(_MARK, [(at, turn, run_id) for run_id, turn in decided.admitted])
+    conn.execute(_SET_TURN, (name, decided.admitted[-1][1]))
+    standings = {partitions[run_id]: turn for run_id, turn in decided.admitted}
+    conn.executemany(_SET_SERVED, [(name, key, turn) for key, turn in standings.items()])
+    if queue.rate is not None:
+        conn.execute(_FORGET_ADMISSIONS, (name, at - queue.rate.per))
+        conn.executemany(_NOTE_ADMISSION, [(name, at)] * len(decided.admitted))
 
 
 def _heads(conn: sqlite3.Connection, name: str, names: str, space: int) -> list[Waiting]:

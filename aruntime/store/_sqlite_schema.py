@@ -12,6 +12,8 @@ Schema (version 4)::
             UNIQUE (run_id, sequence)
     inbox  (id INTEGER PRIMARY KEY AUTOINCREMENT, kind, run_id, at, data, checksum)
     queues (name PRIMARY KEY, last_turn)
+    queue_partitions (queue, partition_key, turn) PRIMARY KEY (queue, partition_key)
+    queue_admissions (queue, at)
 
 `runs` is the index of runs, written in the same transaction as the events it summarises
 so that listing runs never replays a log; `id` keeps creation order. Events are stored in
@@ -26,8 +28,10 @@ version 1 have none (NULL) and read as they always did. `inbox` (version 3) hold
 requests that clients post (start, cancel, resume a run) until the owning runtime consumes
 them, in `id` order; AUTOINCREMENT keeps an id from ever being given twice, so the order
 holds across deletions. Its rows carry a checksum too (`aruntime.store._request_rows`).
-The queue columns of `runs` and the `queues` table (version 4) hold each queued run's
-place and admission and each queue's last turn (`aruntime._admission`).
+The queue columns of `runs` and the queue tables (version 4) hold each queued run's
+place and admission, each queue's last turn, its partitions' latest turns and its
+admission times inside its rate's window (`aruntime._admission`); the last two outlive
+the runs they came from, so removing ended runs changes no queue's standing.
 
 A file records its schema version in `meta`. Opening a file of an older version for
 writing migrates it in one transaction; a newer version raises `StoreVersionError` and
@@ -148,8 +152,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_by_queue ON runs (queue, status, admitted_at) WHERE queue IS NOT NULL",
         "CREATE INDEX runs_waiting ON runs (queue, priority, partition_key, created_at, run_id) "
         "WHERE queue IS NOT NULL AND admitted_at IS NULL AND status = 'running'",
-        "CREATE INDEX runs_by_turn ON runs (queue, partition_key, admit_turn) "
-        "WHERE admit_turn IS NOT NULL",
+        "CREATE TABLE queue_partitions (queue TEXT NOT NULL, partition_key TEXT NOT NULL, "
+        "turn INTEGER NOT NULL, PRIMARY KEY (queue, partition_key)) WITHOUT ROWID",
+        "CREATE TABLE queue_admissions (queue TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX queue_admissions_by_time ON queue_admissions (queue, at)",
         _QUEUES_TABLE.format(name="queues"),
     ),
 )
