@@ -10,8 +10,8 @@ it, and only then is executed. What a queue promises:
   admission is taken under one database lock per queue); on SQLite and in memory within
   the one process that owns the store.
 * **Rate.** With `rate=Rate(count, per)`, at most `count` runs are admitted in any window
-  of `per` seconds, measured on the store's clock (the database's `now()` on
-  PostgreSQL).
+  of `per` seconds, measured on the store's clock (the database's, read under the
+  queue's lock, on PostgreSQL), also across deletions of ended runs.
 * **Order.** Among the runs waiting, the lowest `priority` number goes first (0 by
   default; negative numbers go earlier). Within one priority, runs with different
   `partition_key`s take turns: the key served longest ago (or never) goes first, so one
@@ -20,7 +20,9 @@ it, and only then is executed. What a queue promises:
 A runtime admits the runs of the queues it declares (`Runtime(queues=...)`, by default
 every `Queue` made in the process) and of the workflows it knows; every runtime of a
 fleet should declare a queue with the same limits. A waiting run can be cancelled: it
-ends at once, without running.
+ends at once, without running. A run's `timeout` counts from its start, waiting
+included; a run whose deadline passed while it waited is admitted and then cancelled at
+once (reason `timeout`), before any of its steps runs.
 """
 
 from __future__ import annotations
