@@ -73,6 +73,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_RUN_ID_LENGTH = 255
+_ADMITTED_CHECK = 30.0
+"""Seconds between two reads of a run that waits for this runtime's admission, while
+its result is awaited (its end here is what normally wakes the wait)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -641,12 +644,15 @@ class Runtime:
 
     async def _wait_admitted_exit(self, run_id: str) -> RunState | None:
         """Wait until a run that waits for this runtime's admission ends here (its final
-        state), or a poll interval passes, or its task here ends unfinished (None)."""
+        state), or its task here ends unfinished (None: parked, stopped), or, as a safety
+        net, `_ADMITTED_CHECK` seconds pass. Nothing else ends such a run: only this
+        runtime admits it, runs it and cancels it, and each of those ends through
+        `_run_exited`, so no store read is needed meanwhile."""
         waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(run_id, [])
         waiters.append(waiter)
         try:
-            await asyncio.wait((waiter,), timeout=self.config.result_poll_interval)
+            await asyncio.wait((waiter,), timeout=_ADMITTED_CHECK)
         finally:
             if not waiter.done():
                 waiter.cancel()
