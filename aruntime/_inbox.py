@@ -41,6 +41,7 @@ from aruntime.errors import (
     StoreError,
 )
 from aruntime.events import RunStarted
+from aruntime.retry import outage_delay
 from aruntime.state import RunState, fold_into
 from aruntime.store import CONTROL_KINDS, Request, RequestKind
 
@@ -56,8 +57,6 @@ NO_ARGS = "[[],{}]"
 """The recorded arguments of a run started without any."""
 _BATCH = 100
 """Requests read at a time."""
-_MAX_BACKOFF = 1.0
-"""Seconds between two tries at most while the store fails."""
 
 
 class Inbox:
@@ -99,7 +98,7 @@ class Inbox:
                 await self._wake_receivers()
             except Exception as exc:  # the store fails: nothing is consumed, try again
                 failures += 1
-                delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))
+                delay = outage_delay(failures)
                 logger.error("inbox.failed", error=str(exc), retry_in=delay)
                 await self._clock.sleep(delay)
                 continue

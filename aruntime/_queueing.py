@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 from aruntime._log import logger
+from aruntime.retry import outage_delay
 
 if TYPE_CHECKING:
     from aruntime.clock import Clock
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from aruntime.store import EventStore
 
 __all__ = ["Admitter"]
-
-_MAX_BACKOFF = 1.0
 
 
 class Admitter:
@@ -71,7 +70,7 @@ class Admitter:
                 )
             except Exception as exc:  # the store fails: nothing was admitted, try again
                 failures += 1
-                delay = min(_MAX_BACKOFF, 0.01 * 2.0 ** min(failures, 10))
+                delay = outage_delay(failures)
                 logger.error("queue.admission_failed", error=str(exc), retry_in=delay)
                 await self._clock.sleep(delay)
                 continue

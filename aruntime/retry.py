@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aruntime.errors import ConfigError, NonRetryableError, RetryAfter
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "outage_delay"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,3 +108,9 @@ class RetryPolicy:
             return base
         spread = 1.0 + self.jitter * (2.0 * random() - 1.0)
         return min(self.max_delay, max(0.0, base * spread))
+
+
+def outage_delay(failures: int, cap: float = 1.0) -> float:
+    """Seconds to wait before trying a failing store again, after `failures` failures in
+    a row: 20 ms doubling up to `cap`."""
+    return min(cap, 0.01 * 2.0 ** min(failures, 10))
