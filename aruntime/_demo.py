@@ -17,6 +17,9 @@ c. The workflow vocabulary (`_demo_vocab`): runs that fan out into branches, sle
 d. Messages and child runs (`_demo_messages`): approvals that publish their stage, assess
    the amount in a child run and wait for a decision sent from outside (some twice under
    one idempotency key), crashed right after receiving it.
+e. A queue (`_demo_queues`): one tenant's burst, two small tenants and two urgent sends
+   through four places, two cancelled while they wait: the limit, the priority and the
+   fair turns checked from the store.
 
 In phases a and b every run must end the way its plan says (result, or failing step and
 error), and every log must be dense, complete, accepted by the strict fold, hold no step
@@ -46,6 +49,7 @@ from aruntime._demo_checks import (
 )
 from aruntime._demo_kill import phase_kill, run_child
 from aruntime._demo_messages import phase_messages
+from aruntime._demo_queues import phase_queues
 from aruntime._demo_vocab import phase_vocabulary
 from aruntime._demo_workload import hooks, make_plans
 from aruntime.runtime import Runtime
@@ -148,6 +152,7 @@ async def _demo(options: DemoOptions, report: Report) -> None:
         await phase_kill(options.runs, options.steps, options.seed, options.db, report)
     await phase_vocabulary(store if isinstance(store, str) else MemoryStore(), options.seed, report)
     await phase_messages(store if isinstance(store, str) else MemoryStore(), options.seed, report)
+    await phase_queues(store if isinstance(store, str) else MemoryStore(), report)
     elapsed = time.perf_counter() - began
     report.line()
     if report.failed:

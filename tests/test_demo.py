@@ -46,7 +46,7 @@ def test_demo_on_memory_passes_every_check() -> None:
     done = demo("--store", "memory")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Phase b, a real process crash: skipped" in done.stdout
-    assert done.stdout.rstrip().splitlines()[-1].startswith("All 13 checks passed in ")
+    assert done.stdout.rstrip().splitlines()[-1].startswith("All 17 checks passed in ")
     assert "replayed states equal the state before the crash" in done.stdout
     assert done.stderr == ""  # the injected failures are counted, not logged
 
@@ -64,15 +64,16 @@ def test_demo_on_sqlite_kills_a_child_process_and_checks_recovery(
     out = done.stdout
     assert "  killed   pid " in out
     assert "start-up states equal replay(events) read from the file" in out
-    assert out.rstrip().splitlines()[-1].startswith("All 19 checks passed in ")
+    assert out.rstrip().splitlines()[-1].startswith("All 23 checks passed in ")
     assert "FAILED" not in out
     # The database is left behind for `aruntime runs list`: 20 runs in phases a and b, and
-    # phase c's 24 fan-outs, 8 reservations and one run past its deadline, all ended.
+    # phase c's 24 fan-outs, 8 reservations and one run past its deadline; phase d's
+    # approvals and children, phase e's sends; all ended.
     assert run(["runs", "list", "--db", str(tmp_path / "aruntime-demo.db"), "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
-    assert len(runs) == 40 + 24 + 8 + 1 + 12 + 12  # phase d: 12 approvals, 12 children
+    assert len(runs) == 40 + 24 + 8 + 1 + 12 + 12 + 38  # d: 12 approvals, 12 children; e: 38
     assert {r["status"] for r in runs} <= {"completed", "failed", "cancelled"}
-    assert sum(r["status"] == "cancelled" for r in runs) == 9
+    assert sum(r["status"] == "cancelled" for r in runs) == 9 + 2  # e: 2 cancelled sends
 
 
 def test_demo_reports_a_replayed_state_that_differs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +95,7 @@ def test_demo_reports_a_replayed_state_that_differs(monkeypatch: pytest.MonkeyPa
     assert "replayed states equal the state before the crash" in failed[0]
     assert "updated_at" in lines[lines.index(failed[0]) + 1]
     assert "crashes with branches in flight replayed the state" in failed[1]
-    assert lines[-1].startswith("2 of 13 checks FAILED")
+    assert lines[-1].startswith("2 of 17 checks FAILED")
 
 
 def test_demo_leaves_a_database_with_other_runs_alone(tmp_path: Path) -> None:
