@@ -42,6 +42,21 @@ def _drop_test_schemas() -> Iterator[None]:
     drop_created_schemas()
 
 
+@pytest.fixture
+def schema() -> str:
+    """A fresh PostgreSQL schema on the test server (skips without one, but in CI)."""
+    require_postgres()
+    return new_schema()
+
+
+@pytest.fixture
+def url(schema: str) -> str:
+    """The URL of a fleet's store in `schema`, with leases short enough for tests."""
+    from fleet_helpers import FAST_LEASES
+
+    return pg_url(schema, **FAST_LEASES)
+
+
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
     """An opened store of each backend, closed after the test."""

@@ -11,23 +11,12 @@ from pathlib import Path
 import pytest
 from fleet_helpers import FAST_LEASES, FleetWorker, audit, held_by, writers_after
 from fleet_jobs import chaos, expected_result, read_ledger
-from pg_helpers import new_schema, pg_url, require_postgres
+from pg_helpers import pg_url
 
 from aruntime import Client, RunCancelledError, Runtime
 from aruntime.state import RunStatus
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def schema() -> str:
-    require_postgres()
-    return new_schema()
-
-
-@pytest.fixture
-def url(schema: str) -> str:
-    return pg_url(schema, **FAST_LEASES)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from pg_helpers import PG_URL, new_schema, pg_url, require_postgres
+from pg_helpers import PG_URL, pg_url
 
 from aruntime.errors import ConcurrencyError, StoreError
 from aruntime.events import RunStarted, SleepStarted, StepStarted
@@ -18,12 +18,6 @@ from aruntime.store import OwnerInfo
 from aruntime.store.postgres import PostgresStore
 
 LEASE = {"lease": 1.0, "heartbeat": 0.5, "poll_interval": 0.1}
-
-
-@pytest.fixture
-def schema() -> str:
-    require_postgres()
-    return new_schema()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from fleet_helpers import FAST_LEASES, FleetWorker, audit, held_by
-from pg_helpers import PG_URL, new_schema, pg_url, require_postgres
+from pg_helpers import PG_URL, pg_url
 from pg_queue_jobs import in_flight, most_at_once, pgq_queued, read_intervals
 
 from aruntime import Client, RunCancelledError, Runtime, workflow
@@ -33,17 +33,6 @@ WORKFLOW = "pgq_job"
 @workflow(name="pgq_never_runs")
 async def never_runs() -> None:
     raise AssertionError("a run that waits for its queue must not run")
-
-
-@pytest.fixture
-def schema() -> str:
-    require_postgres()
-    return new_schema()
-
-
-@pytest.fixture
-def url(schema: str) -> str:
-    return pg_url(schema, **FAST_LEASES)
 
 
 @pytest.fixture
