@@ -183,7 +183,14 @@ async def receive(runner: Runner, topic: str, timeout: float | None) -> Any:  # 
 async def _take(runner: Runner, branch: Branch, position: int, topic: str) -> bool:
     """Consume the oldest message on `topic` with its `MessageReceived`; False if none."""
     store = runner._store
-    for request in await _io(runner, store.pending(run_id=runner.run_id, kinds=_MESSAGE)):
+    try:
+        requests = await _io(runner, store.pending(run_id=runner.run_id, kinds=_MESSAGE))
+    except asyncio.CancelledError:
+        # The run's cancellation reached the receive while it looked for a message: it is
+        # recorded here as while it waits for one.
+        runner._interrupted(branch, position)
+        raise
+    for request in requests:
         if (request.topic or "default") != topic or request.id in runner._taken:
             continue
         async with runner._lock:
