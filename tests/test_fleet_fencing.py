@@ -209,3 +209,30 @@ async def test_an_append_that_lands_after_its_release_leaves_the_run_claimable(
     await first.aclose()  # the worker dies (no release at shutdown)
     await asyncio.sleep(LEASE["lease"] + 0.3)
     assert "r5" in await second.claim(10)
+
+
+async def test_a_session_stalled_inside_a_transaction_lets_go_of_its_rows_after_a_lease(
+    schema: str,
+) -> None:
+    """A worker frozen between two statements of a transaction cannot hold a run's row
+    lock past its lease: the server ends the session, and the row can be claimed."""
+    store = PostgresStore.from_url(pg_url(schema, **LEASE))
+    await store.open()
+    stalled = await store._connect()  # a connection as the store makes them
+    other = await asyncpg.connect(PG_URL)
+    try:
+        started = RunStarted(sequence=1, at=1.0, run_id="r", workflow="wf", args="[]")
+        await store.append("r", [started], 0)
+        lock = f"SELECT run_id FROM {schema}.runs WHERE run_id = 'r' FOR UPDATE SKIP LOCKED"
+        transaction = stalled.transaction()
+        await transaction.start()
+        assert len(await stalled.fetch(lock)) == 1
+        assert await other.fetch(lock) == []  # held, as by a worker mid-transaction
+        await asyncio.sleep(1.6)  # frozen past its lease, inside the transaction
+        assert len(await other.fetch(lock)) == 1
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await stalled.execute("SELECT 1")
+    finally:
+        await other.close()
+        stalled.terminate()
+        await store.aclose()

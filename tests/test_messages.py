@@ -328,7 +328,10 @@ async def test_cancelling_a_run_that_waits_for_a_message(rt: Runtime) -> None:
         await handle.result()
     assert calls == ["cleaned up"]
     log = kinds(await rt.store.events_for("cx"))
-    assert log[log.index("ReceiveStarted") + 1 :][:2] == ["CancelRequested", "OperationCancelled"], log
+    assert log[log.index("ReceiveStarted") + 1 :][:2] == [
+        "CancelRequested",
+        "OperationCancelled",
+    ], log
     assert (await rt.state("cx")).receives["1"].cancelled
 
 

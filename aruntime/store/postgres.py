@@ -331,6 +331,7 @@ class PostgresStore:
                 min_size=0,  # no refilling in the background while the server is away
                 max_size=self._config.pool_size,
                 timeout=self._config.connect_timeout,
+                server_settings=self._session_settings(),
             )
         except Exception as exc:
             raise map_error(exc, self._where()) from exc
@@ -339,11 +340,21 @@ class PostgresStore:
     async def _connect(self) -> asyncpg.Connection:
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
-                self._dsn, timeout=self._config.connect_timeout
+                self._dsn,
+                timeout=self._config.connect_timeout,
+                server_settings=self._session_settings(),
             )
         except Exception as exc:
             raise map_error(exc, self._where()) from exc
         return conn
+
+    def _session_settings(self) -> dict[str, str]:
+        """A session left inside a transaction for a lease (its process frozen by SIGSTOP
+        or a stalled VM between two statements) is ended by the server, so the row locks
+        it holds do not keep the others from taking its runs over; its worker's leases
+        have run out by then anyway, so nothing of it could commit."""
+        idle = max(1000, round(self._config.lease * 1000))
+        return {"idle_in_transaction_session_timeout": str(idle)}
 
     async def aclose(self) -> None:
         """Commit what is queued, then close every connection; idempotent."""
