@@ -112,6 +112,11 @@ _T = TypeVar("_T")
 _TERMINAL = frozenset(s.value for s in RunStatus if s.terminal)
 
 
+_STATEMENT_LEASES = 6
+"""A statement that runs longer than this many leases is cancelled by the server (see
+`PostgresStore._session_settings`)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresConfig:
     """How a `PostgresStore` talks to its database, and the fleet's lease settings."""
@@ -308,7 +313,9 @@ class PostgresStore:
         try:
             conn = await self._connect()
             try:
+                await conn.execute("SET statement_timeout = 0")  # an index on a large table
                 await migrate(conn, self.schema)
+                await conn.execute("RESET statement_timeout")
             except StoreError:
                 await conn.close()
                 raise
@@ -349,12 +356,19 @@ class PostgresStore:
         return conn
 
     def _session_settings(self) -> dict[str, str]:
-        """A session left inside a transaction for a lease (its process frozen by SIGSTOP
-        or a stalled VM between two statements) is ended by the server, so the row locks
-        it holds do not keep the others from taking its runs over; its worker's leases
-        have run out by then anyway, so nothing of it could commit."""
-        idle = max(1000, round(self._config.lease * 1000))
-        return {"idle_in_transaction_session_timeout": str(idle)}
+        """A session whose process stopped inside a transaction (frozen by SIGSTOP, a
+        stalled VM) is ended by the server, so the row locks it holds do not keep the
+        others from taking its runs over for as long as it is frozen: after a lease when
+        it stopped between two statements, and after `_STATEMENT_LEASES` leases when it
+        stopped inside one (between the messages of one statement, where the server
+        waits for it as a statement in progress). Its leases have run out by then, so
+        nothing it wrote could commit anyway. Pruning and migrations lift the statement
+        limit for themselves."""
+        lease = max(1000, round(self._config.lease * 1000))
+        return {
+            "idle_in_transaction_session_timeout": str(lease),
+            "statement_timeout": str(lease * _STATEMENT_LEASES),
+        }
 
     async def aclose(self) -> None:
         """Commit what is queued, then close every connection; idempotent."""
@@ -611,6 +625,7 @@ class PostgresStore:
 
         async def prune(conn: Any) -> int:
             async with conn.transaction():
+                await conn.execute("SET LOCAL statement_timeout = 0")  # a long history
                 removed: int = await conn.fetchval(self._sql.prune, statuses, float(older_than))
                 if removed:
                     await self._notify(conn, "c")
