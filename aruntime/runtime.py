@@ -642,15 +642,19 @@ class Runtime:
             if not waiter.done():
                 waiter.set_result(final)
 
+    def _exit_waiter(self, run_id: str) -> asyncio.Future[RunState | None]:
+        """A future that `_run_exited` settles when the run's task here ends."""
+        waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(waiter)
+        return waiter
+
     async def _wait_admitted_exit(self, run_id: str) -> RunState | None:
         """Wait until a run that waits for this runtime's admission ends here (its final
         state), or its task here ends unfinished (None: parked, stopped), or, as a safety
         net, `_ADMITTED_CHECK` seconds pass. Nothing else ends such a run: only this
         runtime admits it, runs it and cancels it, and each of those ends through
         `_run_exited`, so no store read is needed meanwhile."""
-        waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(run_id, [])
-        waiters.append(waiter)
+        waiter = self._exit_waiter(run_id)
         try:
             await asyncio.wait((waiter,), timeout=_ADMITTED_CHECK)
         finally:
@@ -666,9 +670,7 @@ class Runtime:
         `change_counter()` taken before the caller's read), at most a poll interval."""
         supervisor = self._supervisor
         if supervisor is not None and supervisor.supervising(run_id):
-            waiter: asyncio.Future[RunState | None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(run_id, []).append(waiter)
-            return await waiter
+            return await self._exit_waiter(run_id)
         if seen is None and self._fleet is not None:  # another worker may run it
             seen = self.store.change_counter()
         if seen is None:

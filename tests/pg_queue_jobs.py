@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from run_helpers import most_at_once as most_at_once_of
+
 from aruntime import current_step, step, workflow
 from aruntime.queues import Queue
 
@@ -85,11 +87,6 @@ def read_intervals(
 
 def most_at_once(intervals: list[tuple[str, float, float]]) -> int:
     """The most bodies that ran at the same instant (an end before a start at a tie)."""
-    moments = sorted(
+    return most_at_once_of(
         [(start, 1) for _, start, _ in intervals] + [(end, -1) for _, _, end in intervals]
     )
-    running = most = 0
-    for _, change in moments:
-        running += change
-        most = max(most, running)
-    return most

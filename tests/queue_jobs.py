@@ -12,6 +12,8 @@ import asyncio
 import os
 import time
 
+from run_helpers import most_at_once as most_at_once_of
+
 from aruntime import Queue, step, workflow
 
 PAIR = Queue("queue_jobs.pair", concurrency=2)
@@ -45,11 +47,4 @@ def most_at_once(lines: list[str]) -> dict[int, int]:
     for line in lines:
         what, _, pid, at = line.split()
         moves.setdefault(int(pid), []).append((float(at), 1 if what == "start" else -1))
-    most: dict[int, int] = {}
-    for process, changes in moves.items():
-        running = peak = 0
-        for _, change in sorted(changes, key=lambda c: (c[0], c[1])):  # ends first on ties
-            running += change
-            peak = max(peak, running)
-        most[process] = peak
-    return most
+    return {process: most_at_once_of(changes) for process, changes in moves.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from aruntime import RunHandle, Runtime, Workflow
@@ -58,3 +58,13 @@ async def settled() -> None:
     """Let every task that can run, run (a sleeper that should not wake gets its chance)."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+def most_at_once(moves: Iterable[tuple[float, int]]) -> int:
+    """The most things open at one instant, from `(time, +1 or -1)` moves (at a tie, an
+    end counts before a start)."""
+    running = most = 0
+    for _, change in sorted(moves):
+        running += change
+        most = max(most, running)
+    return most

@@ -16,10 +16,11 @@ import pytest
 from fleet_helpers import FAST_LEASES, FleetWorker, audit, held_by
 from pg_helpers import PG_URL, pg_url
 from pg_queue_jobs import in_flight, most_at_once, pgq_queued, read_intervals
+from test_queue_store import end, queued
 
 from aruntime import Client, RunCancelledError, Runtime, workflow
 from aruntime.errors import SerializationError, StoreNotOwnerError, StoreVersionError
-from aruntime.events import CancelRequested, RunCancelled, RunCompleted, RunStarted
+from aruntime.events import CancelRequested, RunCancelled, RunStarted
 from aruntime.queues import Queue, Rate
 from aruntime.state import RunStatus
 from aruntime.store import EventStore, OwnerInfo
@@ -50,15 +51,8 @@ def started(
     workflow: str = WORKFLOW,
     args: str = "[[],{}]",
 ) -> RunStarted:
-    return RunStarted(
-        sequence=1,
-        at=time.time(),
-        run_id=run_id,
-        workflow=workflow,
-        args=args,
-        queue=queue,
-        priority=priority,
-        partition_key=key,
+    return queued(
+        run_id, time.time(), queue=queue, priority=priority, key=key, workflow=workflow, args=args
     )
 
 
@@ -74,13 +68,6 @@ async def start(
     """Start a run as a worker's `start(..., queue=...)` records it."""
     event = started(run_id, queue=queue, priority=priority, key=key, workflow=workflow)
     await store.append(run_id, [event], 0)
-
-
-async def end(store: PostgresStore, run_id: str) -> None:
-    info = await store.get_run(run_id)
-    assert info is not None
-    done = RunCompleted(sequence=info.version + 1, at=time.time(), result="null")
-    await store.append(run_id, [done], info.version)
 
 
 async def admitted(

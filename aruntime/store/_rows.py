@@ -365,18 +365,29 @@ RUN_COLUMNS = (
 
 
 def decode_run(row: Sequence[Any]) -> RunInfo:
-    """The run of an index row (the `RUN_COLUMNS`, or their first seven).
+    """The run of an index row (the `RUN_COLUMNS`).
 
     A queued run without a partition key has `''` in its `partition_key` column.
 
     Raises:
         StoreCorruptError: the status is not one a run can have.
     """
-    run_id, workflow, status, version, created_at, updated_at, parked_reason = row[:7]
+    (
+        run_id,
+        workflow,
+        status,
+        version,
+        created_at,
+        updated_at,
+        parked_reason,
+        queue,
+        priority,
+        partition_key,
+        admitted_at,
+    ) = row
     run_status = _STATUSES.get(status)
     if run_status is None:
         raise StoreCorruptError(f"the index holds an unknown status {status!r:.40}", run_id=run_id)
-    queue, priority, partition_key, admitted_at = row[7:] if len(row) > 7 else (None, 0, None, None)
     return RunInfo(
         run_id=run_id,
         workflow=workflow,

@@ -320,7 +320,7 @@ class SqliteStore:
             last.sequence,
             last.at,
             consume,
-            placement(first) if expected_sequence == 0 else _NOWHERE,
+            placement(first),
         )
         writer.jobs.put(job)
         future = job.future
@@ -523,9 +523,6 @@ class _Call(NamedTuple):
 
 
 _Job: TypeAlias = _Append | _Call
-
-
-_NOWHERE: tuple[str | None, int, str | None] = (None, 0, None)
 
 
 def _encoded(job: _Append) -> list[EventRow]:
